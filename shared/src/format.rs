@@ -1,0 +1,301 @@
+//! Versioned binary formats of ambiguated codes and support keys.
+//!
+//! Ambiguated code ("AMBC", all integers little-endian):
+//!
+//! ```text
+//! magic "AMBC" | version u8 = 1 | codec u8 (1 = q8, 2 = f16) | tiles u32 | maps u16 | dim u16 | nnz u16
+//! then per code-map (tile-major):
+//!   positions: bitmap of dim bits, LSB first, padding bits zero, exactly nnz set
+//!   q8:  lo f16 | hi f16 | nnz bytes (sign bit 7, level bits 0-6)
+//!   f16: nnz × f16 (finite, nonzero)
+//! ```
+//!
+//! Support key ("AK"):
+//!
+//! ```text
+//! magic "AK" | version u8 = 1 | tier u8 (1 full, 2 preview) | tiles, maps, nnz, kept as LEB128 varints
+//! then per code-map the rank of its kept subset in ceil(log2 C(nnz, kept)) bits, MSB first,
+//! zero padding to the byte
+//! ```
+//!
+//! Readers bound every length by the input, reject trailing bytes and never panic.
+
+use half::f16;
+
+use crate::ambiguate::{AmbiguatedCode, QuantizedValues, ValueCodec};
+use crate::code::CodeShape;
+use crate::combinatorics::{BitReader, BitWriter, SubsetCoder};
+use crate::error::{Error, Result};
+use crate::ids::Tier;
+use crate::key::SupportKey;
+
+pub const CODE_MAGIC: &[u8; 4] = b"AMBC";
+pub const KEY_MAGIC: &[u8; 2] = b"AK";
+pub const VERSION: u8 = 1;
+const CODE_HEADER_LEN: usize = 4 + 1 + 1 + 4 + 2 + 2 + 2;
+
+/// Bounded reader over untrusted bytes.
+pub struct Reader<'a> {
+    format: &'static str,
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(format: &'static str, buf: &'a [u8]) -> Self {
+        Reader { format, buf }
+    }
+
+    fn err(&self, reason: impl Into<String>) -> Error {
+        Error::malformed(self.format, reason)
+    }
+
+    pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if self.buf.len() < n {
+            return Err(self.err(format!("truncated in {what}")));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    pub fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    pub fn u16(&mut self, what: &str) -> Result<u16> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    pub fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// LEB128, at most `max` (and canonical: no redundant trailing zero groups).
+    pub fn varint(&mut self, what: &str, max: u64) -> Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            if shift == 63 && b > 1 {
+                return Err(self.err(format!("{what} overflows")));
+            }
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                if b == 0 && shift > 0 {
+                    return Err(self.err(format!("{what} is not minimally encoded")));
+                }
+                if v > max {
+                    return Err(self.err(format!("{what} {v} exceeds {max}")));
+                }
+                return Ok(v);
+            }
+        }
+        Err(self.err(format!("{what} overflows")))
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The rest of the input, which must be exactly `n` bytes.
+    pub fn rest_exact(self, n: usize, what: &str) -> Result<&'a [u8]> {
+        match self.buf.len().cmp(&n) {
+            std::cmp::Ordering::Less => Err(self.err(format!("truncated in {what}"))),
+            std::cmp::Ordering::Greater => Err(self.err("trailing bytes")),
+            std::cmp::Ordering::Equal => Ok(self.buf),
+        }
+    }
+
+    pub fn finish(self) -> Result<()> {
+        if self.buf.is_empty() { Ok(()) } else { Err(self.err("trailing bytes")) }
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Bytes per code-map of an ambiguated code.
+fn map_len(dim: u16, nnz: u16, codec: ValueCodec) -> usize {
+    let bitmap = (dim as usize).div_ceil(8);
+    match codec {
+        ValueCodec::Q8 => bitmap + 4 + nnz as usize,
+        ValueCodec::F16 => bitmap + 2 * nnz as usize,
+    }
+}
+
+/// Encoded size in bytes of a code of this shape (k' nonzeros a map, or k for a true code).
+pub fn code_len(shape: CodeShape, nnz: u16, codec: ValueCodec) -> usize {
+    CODE_HEADER_LEN + shape.map_count() * map_len(shape.dim, nnz, codec)
+}
+
+impl AmbiguatedCode {
+    pub fn encode(&self) -> Vec<u8> {
+        let shape = self.shape();
+        let (dim, nnz) = (shape.dim as usize, self.nnz() as usize);
+        let mut out = Vec::with_capacity(code_len(shape, self.nnz(), self.codec()));
+        out.extend_from_slice(CODE_MAGIC);
+        out.push(VERSION);
+        out.push(self.codec().tag());
+        out.extend_from_slice(&shape.tiles.to_le_bytes());
+        out.extend_from_slice(&shape.maps.to_le_bytes());
+        out.extend_from_slice(&shape.dim.to_le_bytes());
+        out.extend_from_slice(&self.nnz().to_le_bytes());
+        let mut bitmap = vec![0u8; dim.div_ceil(8)];
+        for map in 0..shape.map_count() {
+            bitmap.fill(0);
+            for &p in &self.positions()[map * nnz..(map + 1) * nnz] {
+                bitmap[p as usize / 8] |= 1 << (p % 8);
+            }
+            out.extend_from_slice(&bitmap);
+            match self.quantized() {
+                QuantizedValues::Q8 { ranges, levels } => {
+                    out.extend_from_slice(&ranges[map][0].to_le_bytes());
+                    out.extend_from_slice(&ranges[map][1].to_le_bytes());
+                    out.extend_from_slice(&levels[map * nnz..(map + 1) * nnz]);
+                }
+                QuantizedValues::F16(v) => {
+                    for h in &v[map * nnz..(map + 1) * nnz] {
+                        out.extend_from_slice(&h.to_le_bytes());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Parses and fully validates an encoded code.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        const F: &str = "ambiguated code";
+        let mut r = Reader::new(F, bytes);
+        if r.take(4, "magic")? != CODE_MAGIC {
+            return Err(Error::malformed(F, "bad magic"));
+        }
+        let version = r.u8("version")?;
+        if version != VERSION {
+            return Err(Error::malformed(F, format!("unsupported version {version}")));
+        }
+        let codec = ValueCodec::from_tag(r.u8("codec")?).ok_or_else(|| Error::malformed(F, "unknown value codec"))?;
+        let (tiles, maps, dim, nnz) = (r.u32("tiles")?, r.u16("maps")?, r.u16("dim")?, r.u16("nnz")?);
+        let shape = CodeShape::new(tiles, maps, dim).map_err(|e| Error::malformed(F, e.to_string()))?;
+        if nnz == 0 || nnz > dim {
+            return Err(Error::malformed(F, "nnz must be 1 to dim"));
+        }
+        // The declared shape must account for every byte before anything is allocated.
+        let per_map = map_len(dim, nnz, codec);
+        let body = r.rest_exact(shape.map_count() * per_map, "code-maps")?;
+        let n = nnz as usize;
+        let bitmap_len = (dim as usize).div_ceil(8);
+        let mut positions = Vec::with_capacity(shape.map_count() * n);
+        let mut ranges = Vec::new();
+        let mut levels = Vec::new();
+        let mut halves = Vec::new();
+        for chunk in body.chunks_exact(per_map) {
+            let (bitmap, values) = chunk.split_at(bitmap_len);
+            let before = positions.len();
+            for (byte_index, &byte) in bitmap.iter().enumerate() {
+                let mut bits = byte;
+                while bits != 0 {
+                    let p = byte_index * 8 + bits.trailing_zeros() as usize;
+                    if p >= dim as usize {
+                        return Err(Error::malformed(F, "position bit set beyond dim"));
+                    }
+                    positions.push(p as u16);
+                    bits &= bits - 1;
+                }
+            }
+            if positions.len() - before != n {
+                return Err(Error::malformed(
+                    F,
+                    format!("a code-map has {} nonzeros, not {n}", positions.len() - before),
+                ));
+            }
+            match codec {
+                ValueCodec::Q8 => {
+                    let lo = f16::from_le_bytes([values[0], values[1]]);
+                    let hi = f16::from_le_bytes([values[2], values[3]]);
+                    ranges.push([lo, hi]);
+                    levels.extend_from_slice(&values[4..]);
+                }
+                ValueCodec::F16 => {
+                    halves.extend(values.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])));
+                }
+            }
+        }
+        let quantized = match codec {
+            ValueCodec::Q8 => QuantizedValues::Q8 { ranges, levels },
+            ValueCodec::F16 => QuantizedValues::F16(halves),
+        };
+        AmbiguatedCode::from_parts(shape, nnz, positions, quantized)
+    }
+}
+
+impl SupportKey {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.encoded_body_len());
+        out.extend_from_slice(KEY_MAGIC);
+        out.push(VERSION);
+        out.push(self.tier().tag());
+        push_varint(&mut out, self.tiles() as u64);
+        push_varint(&mut out, self.maps() as u64);
+        push_varint(&mut out, self.nnz() as u64);
+        push_varint(&mut out, self.kept() as u64);
+        // The coder was built for these sizes and the indices were checked at construction.
+        let mut w = BitWriter::default();
+        if let Ok(coder) = SubsetCoder::new(self.nnz(), self.kept()) {
+            for map in 0..self.map_count() {
+                let _ = coder.encode(self.map(map), &mut w);
+            }
+        }
+        out.extend_from_slice(&w.finish());
+        out
+    }
+
+    fn encoded_body_len(&self) -> usize {
+        let width = SubsetCoder::new(self.nnz(), self.kept()).map(|c| c.width()).unwrap_or(0) as usize;
+        (self.map_count() * width).div_ceil(8)
+    }
+
+    /// Parses and fully validates an encoded key.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        const F: &str = "support key";
+        let mut r = Reader::new(F, bytes);
+        if r.take(2, "magic")? != KEY_MAGIC {
+            return Err(Error::malformed(F, "bad magic"));
+        }
+        let version = r.u8("version")?;
+        if version != VERSION {
+            return Err(Error::malformed(F, format!("unsupported version {version}")));
+        }
+        let tier = Tier::from_tag(r.u8("tier")?).ok_or_else(|| Error::malformed(F, "unknown tier"))?;
+        let tiles = r.varint("tiles", CodeShape::MAX_TILES as u64)? as u32;
+        let maps = r.varint("maps", CodeShape::MAX_MAPS as u64)? as u16;
+        let nnz = r.varint("nnz", u16::MAX as u64)? as u16;
+        let kept = r.varint("kept", nnz as u64)? as u16;
+        if kept == 0 || tiles == 0 || maps == 0 {
+            return Err(Error::malformed(F, "tiles, maps and kept must be at least 1"));
+        }
+        let map_count = tiles as usize * maps as usize;
+        let coder = SubsetCoder::new(nnz, kept)?;
+        let body_len = (map_count * coder.width() as usize).div_ceil(8);
+        let body = r.rest_exact(body_len, "subset ranks")?;
+        let mut bits = BitReader::new(body);
+        let mut indices = Vec::with_capacity(map_count * kept as usize);
+        for _ in 0..map_count {
+            coder.decode(&mut bits, &mut indices)?;
+        }
+        if !bits.only_padding_left() {
+            return Err(Error::malformed(F, "nonzero padding bits"));
+        }
+        SupportKey::from_parts(tier, tiles, maps, nnz, kept, indices).map_err(|e| Error::malformed(F, e.to_string()))
+    }
+}

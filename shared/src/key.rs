@@ -1,0 +1,177 @@
+//! Support keys: which of each code-map's nonzeros are real.
+
+use crate::ambiguate::AmbiguatedCode;
+use crate::code::{CodeShape, SparseCode};
+use crate::error::{Error, Result};
+use crate::ids::Tier;
+
+/// For every code-map, the indices (ascending, into the map's `nnz` public
+/// nonzeros) of the `kept` ones a holder may use: all k real ones for a full
+/// key, only the k_p largest real ones for a preview key.
+///
+/// Key material: never log it (Debug prints only its shape).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SupportKey {
+    tier: Tier,
+    tiles: u32,
+    maps: u16,
+    nnz: u16,
+    kept: u16,
+    indices: Vec<u16>,
+}
+
+impl std::fmt::Debug for SupportKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupportKey")
+            .field("tier", &self.tier)
+            .field("tiles", &self.tiles)
+            .field("maps", &self.maps)
+            .field("nnz", &self.nnz)
+            .field("kept", &self.kept)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SupportKey {
+    /// `tiles` and `maps` are those of the code the key belongs to (its dim is not needed).
+    pub fn from_parts(tier: Tier, tiles: u32, maps: u16, nnz: u16, kept: u16, indices: Vec<u16>) -> Result<Self> {
+        // Same bounds as a code's shape; dim only has to hold the nonzeros.
+        CodeShape::new(tiles, maps, nnz.max(1))?;
+        if kept == 0 || kept > nnz {
+            return Err(Error::invalid("support key", "1 <= kept <= nnz must hold"));
+        }
+        let k = kept as usize;
+        if indices.len() != tiles as usize * maps as usize * k {
+            return Err(Error::invalid("support key", "wrong number of indices"));
+        }
+        for map in indices.chunks(k.max(1)) {
+            if map.windows(2).any(|w| w[0] >= w[1]) || map.last().is_some_and(|&i| i >= nnz) {
+                return Err(Error::invalid("support key", "indices not ascending within 0..nnz"));
+            }
+        }
+        Ok(SupportKey { tier, tiles, maps, nnz, kept, indices })
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    pub fn tiles(&self) -> u32 {
+        self.tiles
+    }
+
+    pub fn maps(&self) -> u16 {
+        self.maps
+    }
+
+    /// Code-maps covered: tiles × maps.
+    pub fn map_count(&self) -> usize {
+        self.tiles as usize * self.maps as usize
+    }
+
+    /// Public nonzeros per map (k') the key indexes into.
+    pub fn nnz(&self) -> u16 {
+        self.nnz
+    }
+
+    /// Nonzeros per map the key keeps (k, or k_p for a preview).
+    pub fn kept(&self) -> u16 {
+        self.kept
+    }
+
+    /// Kept indices of map `index`.
+    pub fn map(&self, index: usize) -> &[u16] {
+        let k = self.kept as usize;
+        &self.indices[index * k..(index + 1) * k]
+    }
+
+    fn check_fits(&self, code: &AmbiguatedCode) -> Result<()> {
+        let shape = code.shape();
+        if (shape.tiles, shape.maps, code.nnz()) != (self.tiles, self.maps, self.nnz) {
+            return Err(Error::invalid(
+                "support key",
+                format!(
+                    "key is for {} tiles of {} maps with {} nonzeros each, code has {} tiles of {} maps with {}",
+                    self.tiles,
+                    self.maps,
+                    self.nnz,
+                    shape.tiles,
+                    shape.maps,
+                    code.nnz()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Zeroes the nonzeros the key does not keep: the true code (or its preview).
+    pub fn disambiguate(&self, code: &AmbiguatedCode) -> Result<SparseCode> {
+        self.check_fits(code)?;
+        code.to_sparse()?.select(self.kept, &self.indices)
+    }
+
+    /// A preview key: in every map, the `k_preview` kept nonzeros of largest
+    /// quantized magnitude (ties: lower position first).
+    pub fn preview(&self, code: &AmbiguatedCode, k_preview: u16) -> Result<SupportKey> {
+        self.check_fits(code)?;
+        if k_preview == 0 || k_preview > self.kept {
+            return Err(Error::invalid("preview", format!("k_preview must be 1 to {}", self.kept)));
+        }
+        let values = code.values();
+        let n = self.nnz as usize;
+        let mut indices = Vec::with_capacity(self.map_count() * k_preview as usize);
+        for map in 0..self.map_count() {
+            let mut kept = self.map(map).to_vec();
+            let mag = |i: u16| values[map * n + i as usize].abs();
+            // Indices ascend with position, so comparing them breaks ties by position.
+            kept.sort_by(|&a, &b| mag(b).total_cmp(&mag(a)).then(a.cmp(&b)));
+            kept.truncate(k_preview as usize);
+            kept.sort_unstable();
+            indices.extend(kept);
+        }
+        SupportKey::from_parts(Tier::Preview, self.tiles, self.maps, self.nnz, k_preview, indices)
+    }
+
+    /// Size of the key's information in bits: map_count × log2 C(nnz, kept).
+    pub fn entropy_bits(&self) -> f64 {
+        self.map_count() as f64 * crate::combinatorics::log2_binomial(self.nnz as u64, self.kept as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ambiguate::{FakeModel, ValueCodec, ambiguate};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    #[test]
+    fn preview_keeps_largest_reals() {
+        let shape = CodeShape::new(1, 1, 8).unwrap();
+        let code = SparseCode::top_k(&[0.0, 5.0, 0.0, -7.0, 0.0, 6.0, 0.0, 0.0], shape, 3).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let (public, key) = ambiguate(&code, 2, ValueCodec::F16, &FakeModel::paper(), &mut rng).unwrap();
+        let preview = key.preview(&public, 2).unwrap();
+        let back = preview.disambiguate(&public).unwrap();
+        assert_eq!(back.positions(), &[3, 5]);
+        assert_eq!(back.values(), &[-7.0, 6.0]);
+        assert_eq!(preview.tier(), Tier::Preview);
+        assert!(key.preview(&public, 4).is_err());
+    }
+
+    #[test]
+    fn refuses_a_key_for_another_shape() {
+        let shape = CodeShape::new(1, 1, 8).unwrap();
+        let code = SparseCode::top_k(&[1.0, 5.0, 0.0, -7.0, 0.0, 6.0, 0.0, 0.0], shape, 3).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let (public, _) = ambiguate(&code, 2, ValueCodec::F16, &FakeModel::paper(), &mut rng).unwrap();
+        let (_, other_key) = ambiguate(&code, 1, ValueCodec::F16, &FakeModel::paper(), &mut rng).unwrap();
+        assert!(other_key.disambiguate(&public).is_err());
+    }
+
+    #[test]
+    fn debug_hides_indices() {
+        let key = SupportKey::from_parts(Tier::Full, 1, 1, 4, 2, vec![1, 3]).unwrap();
+        assert!(!format!("{key:?}").contains("indices"));
+    }
+}

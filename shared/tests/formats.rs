@@ -1,0 +1,315 @@
+//! Property and hostile-input tests of ambiguation, keys and the binary formats.
+
+#![allow(clippy::unwrap_used)]
+
+use ambishare_shared::format::code_len;
+use ambishare_shared::{AmbiguatedCode, CodeShape, FakeModel, SparseCode, SupportKey, Tier, ValueCodec, ambiguate};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+/// A dense code with Gaussian-like values (sums of uniforms) and no zeros.
+fn dense_code(seed: u64, shape: CodeShape) -> Vec<f32> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    (0..shape.dense_len())
+        .map(|_| {
+            let v: f32 = (0..4).map(|_| rng.random::<f32>() - 0.5).sum();
+            if v == 0.0 { 1e-3 } else { v }
+        })
+        .collect()
+}
+
+fn sample(
+    seed: u64,
+    shape: CodeShape,
+    k: u16,
+    k_fake: u16,
+    codec: ValueCodec,
+) -> (SparseCode, AmbiguatedCode, SupportKey) {
+    let code = SparseCode::top_k(&dense_code(seed, shape), shape, k).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
+    // Both fake models: the paper's, and σ fitted with position weights.
+    let fakes = if seed.is_multiple_of(2) {
+        FakeModel::paper()
+    } else {
+        let rates: Vec<f32> = (0..shape.maps as usize * shape.dim as usize).map(|i| (i % 7) as f32 / 7.0).collect();
+        FakeModel::fitted(Some(&rates), shape.maps, shape.dim).unwrap()
+    };
+    let (public, key) = ambiguate(&code, k_fake, codec, &fakes, &mut rng).unwrap();
+    (code, public, key)
+}
+
+fn codec_strategy() -> impl Strategy<Value = ValueCodec> {
+    prop_oneof![Just(ValueCodec::Q8), Just(ValueCodec::F16)]
+}
+
+/// (tiles, maps, dim, k, k_fake) with k + k_fake <= dim.
+fn shape_strategy() -> impl Strategy<Value = (u32, u16, u16, u16, u16)> {
+    (1u32..4, 1u16..6, 2u16..300).prop_flat_map(|(tiles, maps, dim)| {
+        (Just(tiles), Just(maps), Just(dim), 1..dim)
+            .prop_flat_map(|(t, m, d, k)| (Just(t), Just(m), Just(d), Just(k), 0..=d - k))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn disambiguate_of_ambiguate_is_the_quantized_code(
+        (tiles, maps, dim, k, k_fake) in shape_strategy(), codec in codec_strategy(), seed in any::<u64>()
+    ) {
+        let shape = CodeShape::new(tiles, maps, dim).unwrap();
+        let (code, public, key) = sample(seed, shape, k, k_fake, codec);
+        prop_assert_eq!(public.nnz(), k + k_fake);
+        // Through the wire formats, as a party would receive them.
+        let public = AmbiguatedCode::decode(&public.encode()).unwrap();
+        let key = SupportKey::decode(&key.encode()).unwrap();
+        let back = key.disambiguate(&public).unwrap();
+        prop_assert_eq!(back.positions(), code.positions());
+        // Values equal the code's up to its quantization: exactly f16 rounding,
+        // or half a q8 level of the map's magnitude range.
+        let values = public.values();
+        for map in 0..shape.map_count() {
+            let (_, orig) = code.map(map);
+            let (_, got) = back.map(map);
+            let span = values[map * public.nnz() as usize..(map + 1) * public.nnz() as usize]
+                .iter()
+                .fold(0.0f32, |a, v| a.max(v.abs()));
+            for (a, b) in orig.iter().zip(got) {
+                prop_assert_eq!(a.signum(), b.signum());
+                let tol = match codec {
+                    ValueCodec::F16 => a.abs() * 1e-3,
+                    ValueCodec::Q8 => span / 127.0 * 0.5 + span * 2e-3,
+                };
+                prop_assert!((a - b).abs() <= tol, "{} vs {} (tol {})", a, b, tol);
+            }
+        }
+    }
+
+    #[test]
+    fn preview_keeps_exactly_the_largest_reals(
+        (tiles, maps, dim, k, k_fake) in shape_strategy(), seed in any::<u64>(), frac in 0.0f64..1.0
+    ) {
+        let shape = CodeShape::new(tiles, maps, dim).unwrap();
+        let (_, public, key) = sample(seed, shape, k, k_fake, ValueCodec::Q8);
+        let k_p = 1 + ((k - 1) as f64 * frac) as u16;
+        let preview = SupportKey::decode(&key.preview(&public, k_p).unwrap().encode()).unwrap();
+        prop_assert_eq!(preview.tier(), Tier::Preview);
+        let full = key.disambiguate(&public).unwrap();
+        let part = preview.disambiguate(&public).unwrap();
+        for map in 0..shape.map_count() {
+            let (fp, fv) = full.map(map);
+            let (pp, pv) = part.map(map);
+            prop_assert_eq!(pp.len(), k_p as usize);
+            // Every kept nonzero is real, and none left out is larger.
+            prop_assert!(pp.iter().all(|p| fp.contains(p)));
+            let smallest_kept = pv.iter().fold(f32::INFINITY, |a, v| a.min(v.abs()));
+            for (p, v) in fp.iter().zip(fv) {
+                if !pp.contains(p) {
+                    prop_assert!(v.abs() <= smallest_kept);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn code_decoder_survives_any_mutation(
+        seed in any::<u64>(), codec in codec_strategy(), cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(), bit in 0u8..8, extra in prop::collection::vec(any::<u8>(), 1..8)
+    ) {
+        let shape = CodeShape::new(2, 3, 64).unwrap();
+        let (_, public, _) = sample(seed, shape, 16, 16, codec);
+        let bytes = public.encode();
+        prop_assert_eq!(bytes.len(), code_len(shape, 32, codec));
+        // Truncated and extended input is always refused.
+        prop_assert!(AmbiguatedCode::decode(&bytes[..cut.index(bytes.len())]).is_err());
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&extra);
+        prop_assert!(AmbiguatedCode::decode(&longer).is_err());
+        // A flipped bit is refused, or yields a different valid code (never a panic).
+        let mut flipped = bytes.clone();
+        let i = flip.index(bytes.len());
+        flipped[i] ^= 1 << bit;
+        if let Ok(other) = AmbiguatedCode::decode(&flipped) {
+            prop_assert_ne!(&other, &public);
+            prop_assert_eq!(other.encode(), flipped);
+        }
+    }
+
+    #[test]
+    fn key_decoder_survives_any_mutation(
+        seed in any::<u64>(), cut in any::<prop::sample::Index>(), flip in any::<prop::sample::Index>(),
+        bit in 0u8..8, extra in prop::collection::vec(any::<u8>(), 1..8)
+    ) {
+        let shape = CodeShape::new(2, 3, 64).unwrap();
+        let (_, _, key) = sample(seed, shape, 16, 16, ValueCodec::Q8);
+        let bytes = key.encode();
+        prop_assert!(SupportKey::decode(&bytes[..cut.index(bytes.len())]).is_err());
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&extra);
+        prop_assert!(SupportKey::decode(&longer).is_err());
+        let mut flipped = bytes.clone();
+        flipped[flip.index(bytes.len())] ^= 1 << bit;
+        if let Ok(other) = SupportKey::decode(&flipped) {
+            prop_assert_ne!(&other, &key);
+            prop_assert_eq!(other.encode(), flipped);
+        }
+    }
+
+    #[test]
+    fn decoders_never_panic_on_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = AmbiguatedCode::decode(&bytes);
+        let _ = SupportKey::decode(&bytes);
+        let mut with_magic = b"AMBC\x01\x01".to_vec();
+        with_magic.extend_from_slice(&bytes);
+        let _ = AmbiguatedCode::decode(&with_magic);
+        let mut with_magic = b"AK\x01\x01".to_vec();
+        with_magic.extend_from_slice(&bytes);
+        let _ = SupportKey::decode(&with_magic);
+    }
+}
+
+fn header(tiles: u32, maps: u16, dim: u16, nnz: u16, codec: u8) -> Vec<u8> {
+    let mut h = b"AMBC\x01".to_vec();
+    h.push(codec);
+    h.extend_from_slice(&tiles.to_le_bytes());
+    h.extend_from_slice(&maps.to_le_bytes());
+    h.extend_from_slice(&dim.to_le_bytes());
+    h.extend_from_slice(&nnz.to_le_bytes());
+    h
+}
+
+#[test]
+fn rejects_huge_declared_shape_without_allocating() {
+    // Declares 16384 tiles × 1024 maps but carries no body.
+    let err = AmbiguatedCode::decode(&header(1 << 14, 1024, 65535, 100, 1)).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert!(AmbiguatedCode::decode(&header(u32::MAX, 1, 8, 1, 1)).is_err());
+    // A key declaring a huge count of maps with no body.
+    assert!(SupportKey::decode(b"AK\x01\x01\x80\x80\x01\x80\x08\x80\x01\x40").is_err());
+}
+
+#[test]
+fn rejects_wrong_counts_and_positions() {
+    // dim 10, nnz 2, f16: bitmap of 2 bytes + 4 bytes of values.
+    let one = half::f16::from_f32(1.0).to_le_bytes();
+    let body = |bitmap: [u8; 2]| {
+        let mut b = header(1, 1, 10, 2, 2);
+        b.extend_from_slice(&bitmap);
+        b.extend_from_slice(&one);
+        b.extend_from_slice(&one);
+        b
+    };
+    assert!(AmbiguatedCode::decode(&body([0b0000_0011, 0])).is_ok());
+    assert!(AmbiguatedCode::decode(&body([0b0000_0111, 0])).is_err(), "3 positions for nnz 2");
+    assert!(AmbiguatedCode::decode(&body([0b0000_0001, 0])).is_err(), "1 position for nnz 2");
+    assert!(AmbiguatedCode::decode(&body([0b0000_0001, 0b0000_0100])).is_err(), "position 10 >= dim");
+    let mut zero = body([0b11, 0]);
+    let n = zero.len();
+    zero[n - 2..].copy_from_slice(&half::f16::from_f32(0.0).to_le_bytes());
+    assert!(AmbiguatedCode::decode(&zero).is_err(), "zero value");
+    let mut nan = body([0b11, 0]);
+    nan[n - 2..].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    assert!(AmbiguatedCode::decode(&nan).is_err(), "NaN value");
+    let mut inf = body([0b11, 0]);
+    inf[n - 2..].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+    assert!(AmbiguatedCode::decode(&inf).is_err(), "infinite value");
+    let mut version = body([0b11, 0]);
+    version[4] = 2;
+    assert!(AmbiguatedCode::decode(&version).is_err(), "unknown version");
+    let mut codec = body([0b11, 0]);
+    codec[5] = 9;
+    assert!(AmbiguatedCode::decode(&codec).is_err(), "unknown codec");
+}
+
+#[test]
+fn rejects_q8_ranges_that_are_not_positive_and_ordered() {
+    let f = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    let code = |lo: f32, hi: f32| {
+        let mut b = header(1, 1, 8, 1, 1);
+        b.push(0b1);
+        b.extend_from_slice(&f(lo));
+        b.extend_from_slice(&f(hi));
+        b.push(0x85);
+        b
+    };
+    assert!(AmbiguatedCode::decode(&code(0.5, 2.0)).is_ok());
+    assert!(AmbiguatedCode::decode(&code(2.0, 0.5)).is_err());
+    assert!(AmbiguatedCode::decode(&code(0.0, 0.5)).is_err());
+    assert!(AmbiguatedCode::decode(&code(-1.0, 0.5)).is_err());
+    assert!(AmbiguatedCode::decode(&code(0.5, f32::INFINITY)).is_err());
+}
+
+#[test]
+fn rejects_key_with_nonzero_padding_or_bad_rank() {
+    let shape = CodeShape::new(1, 1, 16).unwrap();
+    let (_, public, key) = sample(1, shape, 3, 3, ValueCodec::Q8); // C(6, 3) = 20: 5 bits, 3 padding bits
+    let bytes = key.encode();
+    let mut padded = bytes.clone();
+    *padded.last_mut().unwrap() |= 1;
+    assert!(SupportKey::decode(&padded).is_err());
+    let mut rank = bytes.clone();
+    *rank.last_mut().unwrap() = 0b1111_1000; // rank 31 >= 20
+    assert!(SupportKey::decode(&rank).is_err());
+    let mut tier = bytes.clone();
+    tier[3] = 7;
+    assert!(SupportKey::decode(&tier).is_err());
+    // Non-minimal varint for tiles.
+    let mut long = bytes[..4].to_vec();
+    long.extend_from_slice(&[0x81, 0x00]);
+    long.extend_from_slice(&bytes[5..]);
+    assert!(SupportKey::decode(&long).is_err());
+    assert!(key.disambiguate(&public).is_ok());
+}
+
+/// Sizes of the shipped model's configuration (L=16, m=256, k=64, k_n=64) per
+/// 64x64 tile, printed for the notes; the key must stay within 5% of the bound.
+#[test]
+fn sizes_per_tile_and_key_against_the_entropy_bound() {
+    let shape = CodeShape::new(1, 16, 256).unwrap();
+    let (_, _, key) = sample(9, shape, 64, 64, ValueCodec::Q8);
+    let bound_bits = key.entropy_bits();
+    let key_bytes = key.encode().len();
+    let ratio = key_bytes as f64 * 8.0 / bound_bits;
+    println!(
+        "key: {key_bytes} bytes for one tile; bound L*log2 C(128,64) = {bound_bits:.1} bits = {:.1} bytes; ratio {ratio:.4}",
+        bound_bits / 8.0
+    );
+    assert!(ratio <= 1.05, "key is {ratio:.4} × the entropy bound");
+    for tiles in [4u32, 64] {
+        let s = CodeShape::new(tiles, 16, 256).unwrap();
+        let (_, _, k) = sample(tiles as u64, s, 64, 64, ValueCodec::Q8);
+        let r = k.encode().len() as f64 * 8.0 / k.entropy_bits();
+        println!("key for {tiles} tiles: {} bytes, ratio {r:.4}", k.encode().len());
+        assert!(r <= 1.05);
+    }
+    for codec in [ValueCodec::Q8, ValueCodec::F16] {
+        println!(
+            "{codec:?}: ambiguated code (k'=128) {} bytes per tile, true code (k=64) {} bytes per tile",
+            code_len(shape, 128, codec),
+            code_len(shape, 64, codec)
+        );
+    }
+    assert_eq!(code_len(shape, 128, ValueCodec::Q8), 16 + 16 * (32 + 4 + 128));
+}
+
+#[test]
+fn golden_files_decode_and_re_encode_byte_for_byte() {
+    // Files written by format version 1: a reader change that breaks them is a format change.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+    let shape = CodeShape::new(2, 3, 32).unwrap();
+    let (_, public, key) = sample(42, shape, 8, 8, ValueCodec::Q8);
+    let code_path = format!("{dir}/code_v1.ambc");
+    let key_path = format!("{dir}/key_v1.ak");
+    if std::env::var_os("AMBISHARE_WRITE_GOLDEN").is_some() {
+        std::fs::write(&code_path, public.encode()).unwrap();
+        std::fs::write(&key_path, key.encode()).unwrap();
+    }
+    let code_bytes = std::fs::read(&code_path).unwrap();
+    let key_bytes = std::fs::read(&key_path).unwrap();
+    let code = AmbiguatedCode::decode(&code_bytes).unwrap();
+    let k = SupportKey::decode(&key_bytes).unwrap();
+    assert_eq!(code.encode(), code_bytes);
+    assert_eq!(k.encode(), key_bytes);
+    assert_eq!(k.disambiguate(&code).unwrap().nnz(), 8);
+}
