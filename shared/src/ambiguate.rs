@@ -225,24 +225,31 @@ pub enum FakeSigma {
     Fitted,
 }
 
-/// How fake nonzeros are drawn.
+/// How the public code is made: how fake nonzeros are drawn, and whether the
+/// real values' signs are scrambled.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FakeModel {
     pub sigma: FakeSigma,
     /// Weights over the positions of each code-map of a tile (maps × dim),
     /// or None for uniformly random zero positions.
     pub position_weights: Option<Vec<f32>>,
+    /// Flip the sign of each real value with probability 1/2 and keep the
+    /// flips in the support key (one bit per real value). Without it, the
+    /// decode of every public nonzero shows the image through the fakes'
+    /// noise (docs/EVALUATION.md); with it, published signs carry nothing.
+    pub scramble_signs: bool,
 }
 
 impl FakeModel {
-    /// The reference code's choice: σ from k/m, uniform positions.
+    /// The reference code's choice: σ from k/m, uniform positions, signs kept.
     pub fn paper() -> Self {
-        FakeModel { sigma: FakeSigma::FromSparsity, position_weights: None }
+        FakeModel { sigma: FakeSigma::FromSparsity, position_weights: None, scramble_signs: false }
     }
 
     /// σ fitted to each map's real values; positions drawn by how often the
     /// model activates them: weight r/(1-r) for activation rate r, which makes
-    /// P(real | position in the support) equal for every position whose rate allows it.
+    /// P(real | position in the support) equal for every position whose rate
+    /// allows it; real values' signs scrambled.
     pub fn fitted(position_rates: Option<&[f32]>, maps: u16, dim: u16) -> Result<Self> {
         let position_weights = match position_rates {
             None => None,
@@ -253,7 +260,7 @@ impl FakeModel {
                 Some(rates.iter().map(|&r| (r.clamp(1e-4, 0.999) / (1.0 - r.clamp(1e-4, 0.999))).min(1e3)).collect())
             }
         };
-        Ok(FakeModel { sigma: FakeSigma::Fitted, position_weights })
+        Ok(FakeModel { sigma: FakeSigma::Fitted, position_weights, scramble_signs: true })
     }
 }
 
@@ -305,6 +312,7 @@ pub fn ambiguate<R: Rng + CryptoRng>(
     let mut positions = Vec::with_capacity(shape.map_count() * nnz);
     let mut values = Vec::with_capacity(shape.map_count() * nnz);
     let mut real_indices = Vec::with_capacity(shape.map_count() * k);
+    let mut flips = Vec::with_capacity(if fakes.scramble_signs { shape.map_count() * k } else { 0 });
     let mut is_real = vec![false; m];
     let mut value_at = vec![0.0f32; m];
     let mut zeros = Vec::with_capacity(m);
@@ -350,10 +358,18 @@ pub fn ambiguate<R: Rng + CryptoRng>(
         for p in 0..m {
             if is_real[p] || fake[p] {
                 positions.push(p as u16);
-                values.push(value_at[p]);
+                let mut v = value_at[p];
                 if is_real[p] {
                     real_indices.push(index);
+                    if fakes.scramble_signs {
+                        let flip = rng.random::<bool>();
+                        flips.push(flip);
+                        if flip {
+                            v = -v;
+                        }
+                    }
                 }
+                values.push(v);
                 index += 1;
             }
         }
@@ -361,6 +377,7 @@ pub fn ambiguate<R: Rng + CryptoRng>(
     let quantized = QuantizedValues::quantize(codec, &values, nnz)?;
     let public = AmbiguatedCode::from_parts(shape, nnz as u16, positions, quantized)?;
     let key = SupportKey::from_parts(Tier::Full, shape.tiles, shape.maps, nnz as u16, k as u16, real_indices)?;
+    let key = if fakes.scramble_signs { key.with_sign_flips(flips)? } else { key };
     Ok((public, key))
 }
 

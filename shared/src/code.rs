@@ -154,6 +154,15 @@ impl SparseCode {
         dense
     }
 
+    /// Negates the values where `which` is true (same length as the values).
+    pub(crate) fn negate(&mut self, which: &[bool]) {
+        for (v, &flip) in self.values.iter_mut().zip(which) {
+            if flip {
+                *v = -*v;
+            }
+        }
+    }
+
     /// Keeps, in every map, the nonzeros at the given indices (ascending, into
     /// the map's nonzeros). Used to disambiguate with a key or to guess.
     pub(crate) fn select(&self, kept: u16, indices: &[u16]) -> Result<SparseCode> {

@@ -13,9 +13,11 @@
 //! Support key ("AK"):
 //!
 //! ```text
-//! magic "AK" | version u8 = 1 | tier u8 (1 full, 2 preview) | tiles, maps, nnz, kept as LEB128 varints
-//! then per code-map the rank of its kept subset in ceil(log2 C(nnz, kept)) bits, MSB first,
-//! zero padding to the byte
+//! magic "AK" | version u8 = 1 | tier u8 (1 full, 2 preview) | flags u8 (bit 0: sign bits) |
+//! tiles, maps, nnz, kept as LEB128 varints
+//! then per code-map: the rank of its kept subset in ceil(log2 C(nnz, kept)) bits, and with
+//! flag bit 0, one bit per kept value (1: its published sign is flipped); MSB first, zero
+//! padding to the byte
 //! ```
 //!
 //! Readers bound every length by the input, reject trailing bytes and never panic.
@@ -33,6 +35,8 @@ pub const CODE_MAGIC: &[u8; 4] = b"AMBC";
 pub const KEY_MAGIC: &[u8; 2] = b"AK";
 pub const VERSION: u8 = 1;
 const CODE_HEADER_LEN: usize = 4 + 1 + 1 + 4 + 2 + 2 + 2;
+/// Key flag: the key carries a sign bit per kept value.
+const KEY_FLAG_SIGNS: u8 = 1;
 
 /// Bounded reader over untrusted bytes.
 pub struct Reader<'a> {
@@ -245,6 +249,7 @@ impl SupportKey {
         out.extend_from_slice(KEY_MAGIC);
         out.push(VERSION);
         out.push(self.tier().tag());
+        out.push(if self.has_signs() { KEY_FLAG_SIGNS } else { 0 });
         push_varint(&mut out, self.tiles() as u64);
         push_varint(&mut out, self.maps() as u64);
         push_varint(&mut out, self.nnz() as u64);
@@ -254,6 +259,9 @@ impl SupportKey {
         if let Ok(coder) = SubsetCoder::new(self.nnz(), self.kept()) {
             for map in 0..self.map_count() {
                 let _ = coder.encode(self.map(map), &mut w);
+                for &flip in self.map_flips(map).unwrap_or(&[]) {
+                    w.push_bit(flip);
+                }
             }
         }
         out.extend_from_slice(&w.finish());
@@ -262,7 +270,8 @@ impl SupportKey {
 
     fn encoded_body_len(&self) -> usize {
         let width = SubsetCoder::new(self.nnz(), self.kept()).map(|c| c.width()).unwrap_or(0) as usize;
-        (self.map_count() * width).div_ceil(8)
+        let signs = if self.has_signs() { self.kept() as usize } else { 0 };
+        (self.map_count() * (width + signs)).div_ceil(8)
     }
 
     /// Parses and fully validates an encoded key.
@@ -277,6 +286,11 @@ impl SupportKey {
             return Err(Error::malformed(F, format!("unsupported version {version}")));
         }
         let tier = Tier::from_tag(r.u8("tier")?).ok_or_else(|| Error::malformed(F, "unknown tier"))?;
+        let flags = r.u8("flags")?;
+        if flags & !KEY_FLAG_SIGNS != 0 {
+            return Err(Error::malformed(F, format!("unknown flags {flags:#04x}")));
+        }
+        let signs = flags & KEY_FLAG_SIGNS != 0;
         let tiles = r.varint("tiles", CodeShape::MAX_TILES as u64)? as u32;
         let maps = r.varint("maps", CodeShape::MAX_MAPS as u64)? as u16;
         let nnz = r.varint("nnz", u16::MAX as u64)? as u16;
@@ -286,16 +300,25 @@ impl SupportKey {
         }
         let map_count = tiles as usize * maps as usize;
         let coder = SubsetCoder::new(nnz, kept)?;
-        let body_len = (map_count * coder.width() as usize).div_ceil(8);
+        let per_map = coder.width() as usize + if signs { kept as usize } else { 0 };
+        let body_len = (map_count * per_map).div_ceil(8);
         let body = r.rest_exact(body_len, "subset ranks")?;
         let mut bits = BitReader::new(body);
         let mut indices = Vec::with_capacity(map_count * kept as usize);
+        let mut flips = Vec::with_capacity(if signs { map_count * kept as usize } else { 0 });
         for _ in 0..map_count {
             coder.decode(&mut bits, &mut indices)?;
+            if signs {
+                for _ in 0..kept {
+                    flips.push(bits.bit().ok_or_else(|| Error::malformed(F, "truncated sign bits"))?);
+                }
+            }
         }
         if !bits.only_padding_left() {
             return Err(Error::malformed(F, "nonzero padding bits"));
         }
-        SupportKey::from_parts(tier, tiles, maps, nnz, kept, indices).map_err(|e| Error::malformed(F, e.to_string()))
+        let key = SupportKey::from_parts(tier, tiles, maps, nnz, kept, indices)
+            .map_err(|e| Error::malformed(F, e.to_string()))?;
+        if signs { key.with_sign_flips(flips) } else { Ok(key) }
     }
 }

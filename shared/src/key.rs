@@ -7,7 +7,9 @@ use crate::ids::Tier;
 
 /// For every code-map, the indices (ascending, into the map's `nnz` public
 /// nonzeros) of the `kept` ones a holder may use: all k real ones for a full
-/// key, only the k_p largest real ones for a preview key.
+/// key, only the k_p largest real ones for a preview key; and, when the
+/// owner scrambled the signs of the real values, one bit per kept value that
+/// says whether its published sign is flipped.
 ///
 /// Key material: never log it (Debug prints only its shape).
 #[derive(Clone, PartialEq, Eq)]
@@ -18,6 +20,8 @@ pub struct SupportKey {
     nnz: u16,
     kept: u16,
     indices: Vec<u16>,
+    /// Per kept value (same order as `indices`): true when its published sign is flipped.
+    flips: Option<Vec<bool>>,
 }
 
 impl std::fmt::Debug for SupportKey {
@@ -28,6 +32,7 @@ impl std::fmt::Debug for SupportKey {
             .field("maps", &self.maps)
             .field("nnz", &self.nnz)
             .field("kept", &self.kept)
+            .field("signs", &self.flips.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -49,7 +54,27 @@ impl SupportKey {
                 return Err(Error::invalid("support key", "indices not ascending within 0..nnz"));
             }
         }
-        Ok(SupportKey { tier, tiles, maps, nnz, kept, indices })
+        Ok(SupportKey { tier, tiles, maps, nnz, kept, indices, flips: None })
+    }
+
+    /// Adds the sign bits of the kept values (one per index, same order).
+    pub fn with_sign_flips(mut self, flips: Vec<bool>) -> Result<Self> {
+        if flips.len() != self.indices.len() {
+            return Err(Error::invalid("support key", "one sign bit per kept value"));
+        }
+        self.flips = Some(flips);
+        Ok(self)
+    }
+
+    /// Sign bits of the kept values of map `index`, when the key carries them.
+    pub fn map_flips(&self, index: usize) -> Option<&[bool]> {
+        let k = self.kept as usize;
+        self.flips.as_ref().map(|f| &f[index * k..(index + 1) * k])
+    }
+
+    /// Whether the key carries sign bits (the owner scrambled the real values' signs).
+    pub fn has_signs(&self) -> bool {
+        self.flips.is_some()
     }
 
     pub fn tier(&self) -> Tier {
@@ -107,7 +132,11 @@ impl SupportKey {
     /// Zeroes the nonzeros the key does not keep: the true code (or its preview).
     pub fn disambiguate(&self, code: &AmbiguatedCode) -> Result<SparseCode> {
         self.check_fits(code)?;
-        code.to_sparse()?.select(self.kept, &self.indices)
+        let mut selected = code.to_sparse()?.select(self.kept, &self.indices)?;
+        if let Some(flips) = &self.flips {
+            selected.negate(flips);
+        }
+        Ok(selected)
     }
 
     /// A preview key: in every map, the `k_preview` kept nonzeros of largest
@@ -120,21 +149,33 @@ impl SupportKey {
         let values = code.values();
         let n = self.nnz as usize;
         let mut indices = Vec::with_capacity(self.map_count() * k_preview as usize);
+        let mut flips = self.flips.as_ref().map(|_| Vec::with_capacity(indices.capacity()));
         for map in 0..self.map_count() {
-            let mut kept = self.map(map).to_vec();
-            let mag = |i: u16| values[map * n + i as usize].abs();
-            // Indices ascend with position, so comparing them breaks ties by position.
-            kept.sort_by(|&a, &b| mag(b).total_cmp(&mag(a)).then(a.cmp(&b)));
-            kept.truncate(k_preview as usize);
-            kept.sort_unstable();
-            indices.extend(kept);
+            let all = self.map(map);
+            // Positions in `all` (0..kept), largest magnitude first; indices ascend
+            // with position, so comparing them breaks ties by position.
+            let mag = |j: usize| values[map * n + all[j] as usize].abs();
+            let mut order: Vec<usize> = (0..all.len()).collect();
+            order.sort_by(|&a, &b| mag(b).total_cmp(&mag(a)).then(a.cmp(&b)));
+            order.truncate(k_preview as usize);
+            order.sort_unstable();
+            indices.extend(order.iter().map(|&j| all[j]));
+            if let (Some(out), Some(bits)) = (flips.as_mut(), self.map_flips(map)) {
+                out.extend(order.iter().map(|&j| bits[j]));
+            }
         }
-        SupportKey::from_parts(Tier::Preview, self.tiles, self.maps, self.nnz, k_preview, indices)
+        let key = SupportKey::from_parts(Tier::Preview, self.tiles, self.maps, self.nnz, k_preview, indices)?;
+        match flips {
+            Some(f) => key.with_sign_flips(f),
+            None => Ok(key),
+        }
     }
 
-    /// Size of the key's information in bits: map_count × log2 C(nnz, kept).
+    /// Size of the key's information in bits: map_count × (log2 C(nnz, kept),
+    /// plus one bit per kept value when it carries signs).
     pub fn entropy_bits(&self) -> f64 {
-        self.map_count() as f64 * crate::combinatorics::log2_binomial(self.nnz as u64, self.kept as u64)
+        let signs = if self.flips.is_some() { self.kept as f64 } else { 0.0 };
+        self.map_count() as f64 * (crate::combinatorics::log2_binomial(self.nnz as u64, self.kept as u64) + signs)
     }
 }
 

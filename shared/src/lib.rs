@@ -13,6 +13,7 @@ pub mod ids;
 pub mod key;
 pub mod model;
 pub mod pipeline;
+pub mod quality;
 pub mod tiling;
 
 pub use ambiguate::{AmbiguatedCode, FakeModel, FakeSigma, QuantizedValues, ValueCodec, ambiguate, random_guess};

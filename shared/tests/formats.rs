@@ -243,7 +243,9 @@ fn rejects_q8_ranges_that_are_not_positive_and_ordered() {
 #[test]
 fn rejects_key_with_nonzero_padding_or_bad_rank() {
     let shape = CodeShape::new(1, 1, 16).unwrap();
-    let (_, public, key) = sample(1, shape, 3, 3, ValueCodec::Q8); // C(6, 3) = 20: 5 bits, 3 padding bits
+    // Even seed: the paper's scheme, no sign bits. C(6, 3) = 20: 5 bits, 3 padding bits.
+    let (_, public, key) = sample(2, shape, 3, 3, ValueCodec::Q8);
+    assert!(!key.has_signs());
     let bytes = key.encode();
     let mut padded = bytes.clone();
     *padded.last_mut().unwrap() |= 1;
@@ -254,10 +256,13 @@ fn rejects_key_with_nonzero_padding_or_bad_rank() {
     let mut tier = bytes.clone();
     tier[3] = 7;
     assert!(SupportKey::decode(&tier).is_err());
+    let mut flags = bytes.clone();
+    flags[4] = 0x80;
+    assert!(SupportKey::decode(&flags).is_err(), "unknown flag");
     // Non-minimal varint for tiles.
-    let mut long = bytes[..4].to_vec();
+    let mut long = bytes[..5].to_vec();
     long.extend_from_slice(&[0x81, 0x00]);
-    long.extend_from_slice(&bytes[5..]);
+    long.extend_from_slice(&bytes[6..]);
     assert!(SupportKey::decode(&long).is_err());
     assert!(key.disambiguate(&public).is_ok());
 }
@@ -267,20 +272,22 @@ fn rejects_key_with_nonzero_padding_or_bad_rank() {
 #[test]
 fn sizes_per_tile_and_key_against_the_entropy_bound() {
     let shape = CodeShape::new(1, 16, 256).unwrap();
-    let (_, _, key) = sample(9, shape, 64, 64, ValueCodec::Q8);
+    let (_, _, key) = sample(9, shape, 64, 64, ValueCodec::Q8); // odd seed: sign bits included
+    assert!(key.has_signs());
     let bound_bits = key.entropy_bits();
     let key_bytes = key.encode().len();
     let ratio = key_bytes as f64 * 8.0 / bound_bits;
     println!(
-        "key: {key_bytes} bytes for one tile; bound L*log2 C(128,64) = {bound_bits:.1} bits = {:.1} bytes; ratio {ratio:.4}",
+        "key: {key_bytes} bytes for one tile; bound L*(log2 C(128,64) + 64 sign bits) = {bound_bits:.1} bits = {:.1} bytes; ratio {ratio:.4}",
         bound_bits / 8.0
     );
     assert!(ratio <= 1.05, "key is {ratio:.4} × the entropy bound");
-    for tiles in [4u32, 64] {
+    for seed in [4u64, 5, 64, 65] {
+        let tiles = seed as u32 & !1;
         let s = CodeShape::new(tiles, 16, 256).unwrap();
-        let (_, _, k) = sample(tiles as u64, s, 64, 64, ValueCodec::Q8);
+        let (_, _, k) = sample(seed, s, 64, 64, ValueCodec::Q8);
         let r = k.encode().len() as f64 * 8.0 / k.entropy_bits();
-        println!("key for {tiles} tiles: {} bytes, ratio {r:.4}", k.encode().len());
+        println!("key for {tiles} tiles (signs: {}): {} bytes, ratio {r:.4}", k.has_signs(), k.encode().len());
         assert!(r <= 1.05);
     }
     for codec in [ValueCodec::Q8, ValueCodec::F16] {
@@ -298,7 +305,7 @@ fn golden_files_decode_and_re_encode_byte_for_byte() {
     // Files written by format version 1: a reader change that breaks them is a format change.
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
     let shape = CodeShape::new(2, 3, 32).unwrap();
-    let (_, public, key) = sample(42, shape, 8, 8, ValueCodec::Q8);
+    let (_, public, key) = sample(43, shape, 8, 8, ValueCodec::Q8); // odd seed: with sign bits
     let code_path = format!("{dir}/code_v1.ambc");
     let key_path = format!("{dir}/key_v1.ak");
     if std::env::var_os("AMBISHARE_WRITE_GOLDEN").is_some() {
@@ -311,5 +318,6 @@ fn golden_files_decode_and_re_encode_byte_for_byte() {
     let k = SupportKey::decode(&key_bytes).unwrap();
     assert_eq!(code.encode(), code_bytes);
     assert_eq!(k.encode(), key_bytes);
+    assert!(k.has_signs());
     assert_eq!(k.disambiguate(&code).unwrap().nnz(), 8);
 }
