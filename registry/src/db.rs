@@ -1,0 +1,476 @@
+//! The registry's records on top of the byte-level [`Store`]: keys, record
+//! layouts, and the multi-tree writes that keep entries and indexes together.
+//!
+//! Every entry is written with its three index keys in one `apply`, so a crash
+//! never leaves an entry without its index or an index without its entry.
+
+use std::sync::Arc;
+
+use ambishare_proto::registry::v1 as rpb;
+use ambishare_proto::types::v1 as pb;
+use ambishare_shared::{DatasetName, EntryId, ModelId, OwnerId};
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::store::{KeyValue, Store, Tree};
+
+const META_SCHEMA: &[u8] = b"schema";
+const META_LAST_SEQ: &[u8] = b"last_seq";
+/// Layout version of the data directory.
+const SCHEMA_VERSION: &[u8] = b"ambishare-registry/1";
+
+/// An entry as stored: its publication sequence number and its message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEntry {
+    pub seq: u64,
+    pub entry: pb::Entry,
+    /// The record's exact bytes (a precondition of deletion).
+    pub record: Vec<u8>,
+}
+
+/// An entry checked at the edge and ready for the writer.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub id: EntryId,
+    pub owner: OwnerId,
+    pub dataset: DatasetName,
+    /// Prost encoding of the canonical `types.v1.Entry`.
+    pub encoded: Vec<u8>,
+}
+
+/// What became of one entry handed to [`Db::insert_entry`].
+#[derive(Debug)]
+pub enum Inserted {
+    Stored,
+    /// The same bytes were already there.
+    AlreadyStored,
+    /// Refused for a reason of the caller's (a different entry under the id, a deleted id).
+    Refused(Error),
+}
+
+/// Which entries a listing covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    pub owner: Option<OwnerId>,
+    pub dataset: Option<DatasetName>,
+}
+
+/// A position in a listing: the index key of an entry, less the query's prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor(Vec<u8>);
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub items: Vec<StoredEntry>,
+    /// Where the next page starts; `None` when this was the last.
+    pub next: Option<Cursor>,
+}
+
+impl Query {
+    /// The index tree, key prefix and cursor length of this query.
+    ///
+    /// Without an owner, a dataset query walks `dataset\0`: by owner, then in
+    /// publication order (a dataset belongs to one owner, so this is rare).
+    fn index(&self) -> (Tree, Vec<u8>, usize) {
+        match (&self.owner, &self.dataset) {
+            (None, None) => (Tree::BySeq, Vec::new(), 8),
+            (Some(owner), None) => (Tree::ByOwner, owner.as_bytes().to_vec(), 8),
+            (Some(owner), Some(dataset)) => (Tree::ByDataset, dataset_prefix(dataset.as_str(), Some(owner)), 8),
+            (None, Some(dataset)) => (Tree::ByDataset, dataset_prefix(dataset.as_str(), None), 16 + 8),
+        }
+    }
+
+    /// The cursor that resumes this query right after `entry`.
+    pub fn cursor_after(&self, entry: &StoredEntry) -> Result<Cursor> {
+        let seq = entry.seq.to_be_bytes();
+        let (_, _, len) = self.index();
+        if len == 8 {
+            return Ok(Cursor(seq.to_vec()));
+        }
+        let owner: OwnerId = entry.entry.owner_id.parse().map_err(|_| Error::corrupt("entries", "bad owner id"))?;
+        Ok(Cursor([owner.as_bytes().as_slice(), &seq].concat()))
+    }
+
+    /// Parses a page token made for this query.
+    pub fn parse_token(&self, token: &str) -> Result<Cursor> {
+        let (_, _, len) = self.index();
+        let bad = || Error::Invalid("invalid page token (use one returned for the same owner and dataset)".into());
+        if token.len() != 2 * len {
+            return Err(bad());
+        }
+        hex::decode(token).map(Cursor).map_err(|_| bad())
+    }
+}
+
+impl Cursor {
+    /// The opaque text form handed to clients.
+    pub fn token(&self) -> String {
+        hex::encode(&self.0)
+    }
+}
+
+fn dataset_prefix(dataset: &str, owner: Option<&OwnerId>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(dataset.len() + 1 + 16 + 8);
+    key.extend_from_slice(dataset.as_bytes());
+    key.push(0);
+    if let Some(owner) = owner {
+        key.extend_from_slice(owner.as_bytes());
+    }
+    key
+}
+
+/// The three index keys of an entry.
+fn index_keys(seq: u64, owner: &OwnerId, dataset: &str) -> ([u8; 8], Vec<u8>, Vec<u8>) {
+    let seq = seq.to_be_bytes();
+    let by_owner = [owner.as_bytes().as_slice(), &seq].concat();
+    let mut by_dataset = dataset_prefix(dataset, Some(owner));
+    by_dataset.extend_from_slice(&seq);
+    (seq, by_owner, by_dataset)
+}
+
+fn decode_record(record: Vec<u8>) -> Result<StoredEntry> {
+    let Some((seq, body)) = record.split_first_chunk::<8>() else {
+        return Err(Error::corrupt("entries", "record shorter than its sequence number"));
+    };
+    let entry = pb::Entry::decode(body).map_err(|e| Error::corrupt("entries", e.to_string()))?;
+    Ok(StoredEntry { seq: u64::from_be_bytes(*seq), entry, record })
+}
+
+fn be_u64(tree: &'static str, bytes: &[u8]) -> Result<u64> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::corrupt(tree, "expected 8 bytes"))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// Typed access to the registry's trees.
+#[derive(Clone)]
+pub struct Db {
+    store: Arc<dyn Store>,
+}
+
+impl Db {
+    /// Checks (or, in an empty store, writes) the schema version.
+    pub fn open(store: Arc<dyn Store>) -> Result<Self> {
+        match store.get(Tree::Meta, META_SCHEMA)? {
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "the data directory holds schema {:?}; this registry understands {:?}",
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(SCHEMA_VERSION)
+                )));
+            }
+            None => {
+                if !store.is_empty(Tree::Entries)? || !store.is_empty(Tree::Owners)? {
+                    return Err(Error::Config("the data directory holds records but no schema version".into()));
+                }
+                store.apply(&[], &[(Tree::Meta, META_SCHEMA, Some(SCHEMA_VERSION))])?;
+                store.flush()?;
+            }
+        }
+        Ok(Db { store })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The sequence number of the next entry: one past the greatest ever assigned.
+    pub fn next_seq(&self) -> Result<u64> {
+        let recorded = match self.store.get(Tree::Meta, META_LAST_SEQ)? {
+            Some(v) => be_u64("meta", &v)?,
+            None => 0,
+        };
+        let indexed = match self.store.last(Tree::BySeq, &[])? {
+            Some((k, _)) => be_u64("by_seq", &k)?,
+            None => 0,
+        };
+        recorded.max(indexed).checked_add(1).ok_or_else(|| Error::corrupt("meta", "sequence numbers exhausted"))
+    }
+
+    // Owners.
+
+    pub fn owner(&self, id: &OwnerId) -> Result<Option<rpb::Owner>> {
+        self.store
+            .get(Tree::Owners, id.as_bytes())?
+            .map(|v| rpb::Owner::decode(v.as_slice()).map_err(|e| Error::corrupt("owners", e.to_string())))
+            .transpose()
+    }
+
+    /// Stores an owner unless its id is taken; returns the record now stored.
+    pub fn put_owner(&self, id: &OwnerId, owner: &rpb::Owner) -> Result<rpb::Owner> {
+        let value = owner.encode_to_vec();
+        let key = id.as_bytes();
+        if self.store.apply(&[(Tree::Owners, key, None)], &[(Tree::Owners, key, Some(&value))])? {
+            self.store.flush()?;
+            return Ok(owner.clone());
+        }
+        self.owner(id)?.ok_or_else(|| Error::Internal("owner vanished after registration".into()))
+    }
+
+    // Models.
+
+    pub fn model(&self, id: &ModelId) -> Result<Option<rpb::ModelHeader>> {
+        self.store
+            .get(Tree::Models, id.as_bytes())?
+            .map(|v| rpb::ModelHeader::decode(v.as_slice()).map_err(|e| Error::corrupt("models", e.to_string())))
+            .transpose()
+    }
+
+    /// Stores a model's header and files in one write unless the model exists.
+    /// Returns whether it was created.
+    pub fn put_model(&self, id: &ModelId, header: &rpb::ModelHeader, files: &[([u8; 32], Vec<u8>)]) -> Result<bool> {
+        let value = header.encode_to_vec();
+        let key = id.as_bytes();
+        let mut writes: Vec<KeyValue<'_>> =
+            files.iter().map(|(sha, data)| (Tree::Blobs, sha.as_slice(), Some(data.as_slice()))).collect();
+        writes.push((Tree::Models, key, Some(&value)));
+        let created = self.store.apply(&[(Tree::Models, key, None)], &writes)?;
+        if created {
+            self.store.flush()?;
+        }
+        Ok(created)
+    }
+
+    pub fn blob(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.store.get(Tree::Blobs, sha256)
+    }
+
+    // Entries.
+
+    pub fn entry(&self, id: &EntryId) -> Result<Option<StoredEntry>> {
+        self.store.get(Tree::Entries, id.as_bytes())?.map(decode_record).transpose()
+    }
+
+    pub fn is_deleted(&self, id: &EntryId) -> Result<bool> {
+        Ok(self.store.get(Tree::Deleted, id.as_bytes())?.is_some())
+    }
+
+    /// Writes an entry and its index keys under sequence number `seq`, unless
+    /// its id is taken or was deleted. Not flushed: the writer flushes a group.
+    pub fn insert_entry(&self, seq: u64, e: &Prepared) -> Result<Inserted> {
+        let id = e.id.as_bytes().as_slice();
+        let record = [seq.to_be_bytes().as_slice(), &e.encoded].concat();
+        let (by_seq, by_owner, by_dataset) = index_keys(seq, &e.owner, e.dataset.as_str());
+        let writes: [KeyValue<'_>; 4] = [
+            (Tree::Entries, id, Some(&record)),
+            (Tree::BySeq, &by_seq, Some(id)),
+            (Tree::ByOwner, &by_owner, Some(id)),
+            (Tree::ByDataset, &by_dataset, Some(id)),
+        ];
+        // A concurrent delete can change the answer between the attempt and the
+        // reads that explain its failure; the loop settles it.
+        for _ in 0..3 {
+            if self.store.apply(&[(Tree::Entries, id, None), (Tree::Deleted, id, None)], &writes)? {
+                return Ok(Inserted::Stored);
+            }
+            if self.is_deleted(&e.id)? {
+                return Ok(Inserted::Refused(Error::FailedPrecondition(format!(
+                    "entry {} was deleted; its id cannot be published again",
+                    e.id
+                ))));
+            }
+            if let Some(existing) = self.store.get(Tree::Entries, id)? {
+                return Ok(match existing.get(8..) {
+                    Some(body) if body == e.encoded.as_slice() => Inserted::AlreadyStored,
+                    _ => Inserted::Refused(Error::AlreadyExists(format!(
+                        "entry {} is already stored with different content",
+                        e.id
+                    ))),
+                });
+            }
+        }
+        Err(Error::Internal(format!("entry {} kept changing during its insertion", e.id)))
+    }
+
+    /// Removes an entry and its index keys and records its id as deleted, in
+    /// one write, provided the entry is still `stored`. Flushed. False when
+    /// something changed meanwhile (read the entry again and retry).
+    pub fn delete_entry(&self, id: &EntryId, stored: &StoredEntry, owner: &OwnerId, now_ms: i64) -> Result<bool> {
+        let key = id.as_bytes().as_slice();
+        let (by_seq, by_owner, by_dataset) = index_keys(stored.seq, owner, &stored.entry.dataset);
+        let tombstone = [owner.as_bytes().as_slice(), &now_ms.to_be_bytes()].concat();
+        // The greatest sequence number ever assigned survives its entry, so
+        // it is never handed out again (publishes leave `Meta` alone: the
+        // greatest index key tells the rest).
+        let recorded = self.store.get(Tree::Meta, META_LAST_SEQ)?;
+        let recorded_seq = recorded.as_deref().map(|v| be_u64("meta", v)).transpose()?.unwrap_or(0);
+        let last_seq = recorded_seq.max(stored.seq).to_be_bytes();
+        let writes: [KeyValue<'_>; 6] = [
+            (Tree::Entries, key, None),
+            (Tree::BySeq, &by_seq, None),
+            (Tree::ByOwner, &by_owner, None),
+            (Tree::ByDataset, &by_dataset, None),
+            (Tree::Deleted, key, Some(&tombstone)),
+            (Tree::Meta, META_LAST_SEQ, Some(&last_seq)),
+        ];
+        let preconditions: [KeyValue<'_>; 2] =
+            [(Tree::Entries, key, Some(&stored.record)), (Tree::Meta, META_LAST_SEQ, recorded.as_deref())];
+        let deleted = self.store.apply(&preconditions, &writes)?;
+        if deleted {
+            self.store.flush()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Up to `limit` entries of `query` after `after`, in index order.
+    pub fn page(&self, query: &Query, after: Option<&Cursor>, limit: usize) -> Result<Page> {
+        let (tree, prefix, cursor_len) = query.index();
+        let after_key = after.map(|c| [prefix.as_slice(), &c.0].concat());
+        let mut pairs = self.store.scan(tree, &prefix, after_key.as_deref(), limit.saturating_add(1))?;
+        let more = pairs.len() > limit;
+        pairs.truncate(limit);
+        let next = match pairs.last() {
+            Some((k, _)) if more => Some(Cursor(k.get(prefix.len()..).unwrap_or_default().to_vec())),
+            _ => None,
+        };
+        let mut items = Vec::with_capacity(pairs.len());
+        for (key, id) in pairs {
+            if key.len() != prefix.len() + cursor_len {
+                return Err(Error::corrupt(tree.name(), "index key of the wrong length"));
+            }
+            // An entry deleted since the index was read is skipped.
+            if let Some(record) = self.store.get(Tree::Entries, &id)? {
+                items.push(decode_record(record)?);
+            }
+        }
+        Ok(Page { items, next })
+    }
+
+    /// Counts of what the store holds.
+    pub fn stats(&self) -> Result<Stats> {
+        Ok(Stats {
+            entries: self.store.len(Tree::Entries)?,
+            owners: self.store.len(Tree::Owners)?,
+            models: self.store.len(Tree::Models)?,
+            blobs: self.store.len(Tree::Blobs)?,
+            deleted: self.store.len(Tree::Deleted)?,
+            next_seq: self.next_seq()?,
+            size_on_disk: self.store.size_on_disk()?,
+        })
+    }
+}
+
+/// What a registry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub entries: u64,
+    pub owners: u64,
+    pub models: u64,
+    pub blobs: u64,
+    pub deleted: u64,
+    pub next_seq: u64,
+    pub size_on_disk: u64,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "entries       {}", self.entries)?;
+        writeln!(f, "owners        {}", self.owners)?;
+        writeln!(f, "models        {}", self.models)?;
+        writeln!(f, "model files   {}", self.blobs)?;
+        writeln!(f, "deleted ids   {}", self.deleted)?;
+        writeln!(f, "next sequence {}", self.next_seq)?;
+        write!(f, "size on disk  {} bytes", self.size_on_disk)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn prepared(owner: OwnerId, dataset: &str, code: &[u8]) -> Prepared {
+        let id = EntryId::new();
+        let entry = pb::Entry {
+            entry_id: id.to_string(),
+            owner_id: owner.to_string(),
+            dataset: dataset.into(),
+            code: code.to_vec(),
+            ..Default::default()
+        };
+        Prepared { id, owner, dataset: dataset.parse().unwrap(), encoded: entry.encode_to_vec() }
+    }
+
+    fn db() -> Db {
+        Db::open(Arc::new(MemoryStore::new())).unwrap()
+    }
+
+    #[test]
+    fn insert_writes_entry_and_indexes_together_and_is_idempotent() {
+        let db = db();
+        let owner = OwnerId::from_bytes([1; 16]);
+        let e = prepared(owner, "faces", b"body");
+        assert!(matches!(db.insert_entry(1, &e).unwrap(), Inserted::Stored));
+        assert!(matches!(db.insert_entry(2, &e).unwrap(), Inserted::AlreadyStored));
+        let other = Prepared { encoded: prepared(owner, "faces", b"other").encoded, ..e.clone() };
+        assert!(matches!(db.insert_entry(2, &other).unwrap(), Inserted::Refused(Error::AlreadyExists(_))));
+        for tree in [Tree::Entries, Tree::BySeq, Tree::ByOwner, Tree::ByDataset] {
+            assert_eq!(db.store().len(tree).unwrap(), 1, "{tree}");
+        }
+        assert_eq!(db.next_seq().unwrap(), 2);
+    }
+
+    #[test]
+    fn delete_removes_every_key_and_blocks_reuse() {
+        let db = db();
+        let owner = OwnerId::from_bytes([1; 16]);
+        let e = prepared(owner, "faces", b"body");
+        db.insert_entry(7, &e).unwrap();
+        let stored = db.entry(&e.id).unwrap().unwrap();
+        assert_eq!(stored.seq, 7);
+        assert!(db.delete_entry(&e.id, &stored, &owner, 1).unwrap());
+        assert!(!db.delete_entry(&e.id, &stored, &owner, 1).unwrap(), "second delete applied");
+        for tree in [Tree::Entries, Tree::BySeq, Tree::ByOwner, Tree::ByDataset] {
+            assert!(db.store().is_empty(tree).unwrap(), "{tree}");
+        }
+        assert!(matches!(db.insert_entry(8, &e).unwrap(), Inserted::Refused(Error::FailedPrecondition(_))));
+        // The deleted sequence number is never handed out again.
+        assert_eq!(db.next_seq().unwrap(), 8);
+    }
+
+    #[test]
+    fn pages_follow_the_index_and_tokens_round_trip() {
+        let db = db();
+        let (a, b) = (OwnerId::from_bytes([0xaa; 16]), OwnerId::from_bytes([0xbb; 16]));
+        for i in 0..10u8 {
+            let (owner, ds) = if i % 2 == 0 { (a, "faces") } else { (b, "cats") };
+            db.insert_entry(u64::from(i) + 1, &prepared(owner, ds, &[i])).unwrap();
+        }
+        let query = Query { owner: Some(a), dataset: None };
+        let first = db.page(&query, None, 3).unwrap();
+        assert_eq!(first.items.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 3, 5]);
+        let token = first.next.unwrap().token();
+        let cursor = query.parse_token(&token).unwrap();
+        let second = db.page(&query, Some(&cursor), 3).unwrap();
+        assert_eq!(second.items.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![7, 9]);
+        assert!(second.next.is_none());
+        let by_dataset = Query { owner: None, dataset: Some("cats".parse().unwrap()) };
+        let page = db.page(&by_dataset, None, 100).unwrap();
+        assert_eq!(page.items.len(), 5);
+        let cursor = by_dataset.cursor_after(&page.items[1]).unwrap();
+        assert_eq!(db.page(&by_dataset, Some(&cursor), 100).unwrap().items.len(), 3);
+        assert!(by_dataset.parse_token(&token).is_err(), "8-byte token accepted for a 24-byte cursor");
+        assert!(query.parse_token("zz").is_err());
+        assert!(query.parse_token("zzzzzzzzzzzzzzzz").is_err());
+    }
+
+    #[test]
+    fn refuses_corrupt_records() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let db = Db::open(store.clone()).unwrap();
+        let id = EntryId::new();
+        store.apply(&[], &[(Tree::Entries, id.as_bytes(), Some(b"short"))]).unwrap();
+        assert!(matches!(db.entry(&id), Err(Error::Corrupt { .. })));
+        store.apply(&[], &[(Tree::Entries, id.as_bytes(), Some(b"\0\0\0\0\0\0\0\x01\xff\xff"))]).unwrap();
+        assert!(matches!(db.entry(&id), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn refuses_a_foreign_schema() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        store.apply(&[], &[(Tree::Meta, META_SCHEMA, Some(b"other/9"))]).unwrap();
+        assert!(matches!(Db::open(store), Err(Error::Config(_))));
+    }
+}

@@ -1,0 +1,270 @@
+//! The registry node of ambishare: the public database of ambiguated codes.
+//!
+//! Owners register an Ed25519 key, publish their models and then signed
+//! entries; anyone reads. Entries are checked at the edge ([`service`]),
+//! written by a single group-committing writer ([`writer`]) into a [`Store`]
+//! (sled by default) together with their indexes ([`db`]), and acknowledged
+//! only once flushed. [`serve`] runs the gRPC endpoint with health, reflection
+//! and an optional Prometheus endpoint; [`client`] is the typed client the
+//! other nodes use.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambishare_proto::registry::v1::registry_service_server::RegistryServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tracing::{info, info_span, warn};
+
+pub mod client;
+pub mod config;
+mod db;
+pub mod error;
+pub mod metrics;
+mod service;
+pub mod store;
+mod writer;
+
+pub use client::{ClientTlsOptions, EntryPage, FetchedModel, PublishAck, PublishOutcome, RegistryClient};
+pub use config::{Cli, Command, Config, Limits};
+pub use db::Stats;
+pub use error::{Error, Result};
+pub use service::RegistryApi;
+pub use store::{Engine, Store};
+
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::writer::Writer;
+
+/// An open registry: its store, its writer and its handlers.
+pub struct Registry {
+    api: RegistryApi,
+}
+
+impl Registry {
+    /// Opens the store the configuration names (blocking: call off the async runtime
+    /// or accept a short stall) and starts the writer.
+    pub fn open(config: &Config) -> Result<Self> {
+        let store = store::open(config.engine, &config.data_dir, config.sled_options())?;
+        Self::with_store(store, config.limits())
+    }
+
+    /// A registry over an already opened store.
+    pub fn with_store(store: Arc<dyn Store>, limits: Limits) -> Result<Self> {
+        let db = Db::open(store)?;
+        let metrics = Arc::new(Metrics::new());
+        let writer = Writer::start(db.clone(), limits.group_commit_entries, limits.publish_queue, metrics.clone())?;
+        Ok(Registry { api: RegistryApi::new(db, writer, limits, metrics) })
+    }
+
+    /// The gRPC service, with the configured message size limits.
+    pub fn service(&self) -> RegistryServiceServer<RegistryApi> {
+        let max = self.api.inner.limits.max_message_bytes;
+        RegistryServiceServer::new(self.api.clone()).max_decoding_message_size(max).max_encoding_message_size(max)
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.api.inner.metrics.clone()
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.api.inner.db.store().clone()
+    }
+
+    /// Counts of what the registry holds (walks the trees: blocking).
+    pub fn stats(&self) -> Result<Stats> {
+        self.api.inner.db.stats()
+    }
+
+    /// Stops taking entries and waits until every queued one is written and flushed.
+    pub async fn close(&self) -> Result<()> {
+        self.api.inner.writer.close().await
+    }
+}
+
+fn load_tls(config: &Config) -> Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let cert_pem = std::fs::read(cert).map_err(|e| Error::io(format!("reading {}", cert.display()), e))?;
+    let key_pem = ambishare_shared::crypto::read_secret_file(key).map_err(|e| Error::Config(e.to_string()))?;
+    Ok(Some(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem))))
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone: stop as well.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Serves the registry on `listener` (and the metrics endpoint the config
+/// names) until `shutdown` completes; then finishes open requests (within
+/// the grace period), flushes queued publishes and returns.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))?),
+        None => None,
+    };
+    serve_with_metrics(config, listener, metrics_listener, shutdown).await
+}
+
+/// [`serve`] with the metrics endpoint on a listener of the caller's.
+pub async fn serve_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    config.validate()?;
+    // Fail on an unusable certificate or key before touching the data directory.
+    load_tls(&config)?;
+    let registry = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Registry::open(&config)).await??
+    };
+    serve_registry(registry, &config, listener, metrics_listener, shutdown).await
+}
+
+/// Serves an open registry (its store and limits are the registry's; the
+/// rest of `config` applies) until `shutdown`, then closes it.
+pub async fn serve_registry(
+    registry: Registry,
+    config: &Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let tls = match config.validate().and_then(|()| load_tls(config)) {
+        Ok(tls) => tls,
+        Err(e) => {
+            registry.close().await?;
+            return Err(e);
+        }
+    };
+    let secure = tls.is_some();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<RegistryServiceServer<RegistryApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ambishare_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
+    let mut builder = Server::builder().trace_fn(|request| info_span!("grpc", path = %request.uri().path()));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| Error::Config(format!("TLS certificate or key: {e}")))?;
+    }
+    let router = builder.add_service(health).add_service(reflection).add_service(registry.service());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let addr = listener.local_addr().map_err(|e| Error::io("reading the listen address", e))?;
+    // Small replies must not wait for Nagle's algorithm (40 ms per request otherwise).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)));
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
+    let metrics_task = match metrics_listener {
+        Some(l) => {
+            let metrics_addr = l.local_addr().map_err(|e| Error::io("reading the metrics address", e))?;
+            info!(%metrics_addr, "metrics endpoint serving /metrics");
+            Some(tokio::spawn(metrics::serve_metrics(
+                l,
+                registry.metrics(),
+                registry.store(),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+    info!(%addr, tls = secure, engine = %config.engine, data_dir = %config.data_dir.display(), "registry serving");
+
+    let failed = tokio::select! {
+        () = shutdown => None,
+        result = &mut server => Some(result),
+    };
+    info!("shutting down: finishing open requests");
+    health_reporter.set_not_serving::<RegistryServiceServer<RegistryApi>>().await;
+    let _ = stop_tx.send(true);
+    let served = match failed {
+        Some(result) => result,
+        None => match tokio::time::timeout(grace, &mut server).await {
+            Ok(result) => result,
+            Err(_) => {
+                warn!(grace_secs = grace.as_secs(), "requests still open after the grace period; cutting them off");
+                server.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
+    if let Some(task) = metrics_task {
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(Err(e))) => warn!(error = %e, "metrics endpoint failed"),
+            Ok(Err(e)) => warn!(error = %e, "metrics endpoint task failed"),
+            _ => {}
+        }
+    }
+    // Queued publishes are written and flushed before we return.
+    registry.close().await?;
+    served??;
+    info!("registry stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("Ctrl-C received"),
+        () = terminate => info!("SIGTERM received"),
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.resolve()?;
+            if args.print_config {
+                print!("{}", config.to_toml()?);
+                return Ok(());
+            }
+            config.validate()?;
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
+            serve(config, listener, shutdown_signal()).await
+        }
+        Command::Stats(args) => {
+            let config = args.resolve()?;
+            if config.engine == Engine::Sled && !config.data_dir.is_dir() {
+                return Err(Error::Config(format!("no data directory at {}", config.data_dir.display())));
+            }
+            let stats = tokio::task::spawn_blocking(move || {
+                let store = store::open(config.engine, &config.data_dir, config.sled_options())?;
+                Db::open(store)?.stats()
+            })
+            .await??;
+            println!("{stats}");
+            Ok(())
+        }
+    }
+}
