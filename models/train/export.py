@@ -101,7 +101,7 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--name", default="photo64")
     ap.add_argument("--k-fake", type=int, default=64)
-    ap.add_argument("--preview-k", default="32,16", help="k of the preview tiers, largest first")
+    ap.add_argument("--preview-k", default="16,32", help="k_p of the preview tier first (k/4), then other reported k_p")
     args = ap.parse_args()
 
     ck = torch.load(args.checkpoint, map_location="cpu")

@@ -1,0 +1,147 @@
+//! What the public sees: listings, one entry's metadata, and the public decode
+//! of ambiguated codes (every nonzero, real and fake).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use ambishare_registry::client::RegistryClient;
+use ambishare_shared::crypto::PublicKey;
+use ambishare_shared::model::Device;
+use ambishare_shared::pipeline::decode_image;
+use ambishare_shared::{DatasetName, Entry, EntryId, OwnerId};
+use futures::StreamExt;
+
+use crate::error::Result;
+use crate::models::ModelCache;
+use crate::pull::{progress_bar, write_png};
+use crate::registry_tls;
+
+#[derive(Clone, Debug)]
+pub struct BrowseOptions {
+    pub registry_url: String,
+    pub registry_ca: Option<PathBuf>,
+    pub owner: Option<OwnerId>,
+    pub dataset: Option<DatasetName>,
+    /// Render the public decode of each entry here.
+    pub out: Option<PathBuf>,
+    pub model_cache: PathBuf,
+    pub device: Device,
+    /// Most entries to show (0: all).
+    pub limit: u64,
+    pub progress: bool,
+}
+
+/// Owners' keys from the registry, each checked to hash to its owner id.
+#[derive(Default)]
+struct OwnerKeys(HashMap<OwnerId, Option<PublicKey>>);
+
+impl OwnerKeys {
+    async fn signature(&mut self, registry: &RegistryClient, entry: &Entry) -> &'static str {
+        let key = match self.0.get(&entry.owner) {
+            Some(k) => *k,
+            None => {
+                let k = registry.get_owner(entry.owner).await.ok();
+                self.0.insert(entry.owner, k);
+                k
+            }
+        };
+        match key {
+            Some(k) if entry.verify(&k).is_ok() => "valid",
+            Some(_) => "BAD",
+            None => "owner unknown",
+        }
+    }
+}
+
+fn line(entry: &Entry, signature: &str) -> String {
+    let shape = entry.code.shape();
+    format!(
+        "{}  owner {}  dataset {}  {}x{}  {} tiles x {} maps, {} of {} nonzeros  {} bytes  signature {}",
+        entry.id,
+        entry.owner,
+        entry.dataset,
+        entry.width,
+        entry.height,
+        shape.tiles,
+        shape.maps,
+        entry.code.nnz(),
+        shape.dim,
+        entry.code_bytes.len(),
+        signature
+    )
+}
+
+/// Lists what the public sees, one line an entry; with `out`, writes the public decode of each.
+pub async fn browse(opts: &BrowseOptions) -> Result<String> {
+    let registry = RegistryClient::connect(&opts.registry_url, registry_tls(opts.registry_ca.as_deref())?).await?;
+    let mut owners = OwnerKeys::default();
+    let mut models = ModelCache::new(opts.model_cache.clone(), opts.device);
+    if let Some(out) = &opts.out {
+        std::fs::create_dir_all(out).map_err(|e| crate::Error::io(format!("creating {}", out.display()), e))?;
+    }
+    let mut stream = registry.stream_entries(opts.owner, opts.dataset.as_ref(), None).await?;
+    let bar = progress_bar(opts.progress && opts.out.is_some(), "browse");
+    let mut report = String::new();
+    let mut seen = 0u64;
+    while let Some(item) = stream.next().await {
+        if opts.limit > 0 && seen >= opts.limit {
+            break;
+        }
+        seen += 1;
+        bar.inc(1);
+        let entry = match item {
+            Ok(entry) => entry,
+            Err(ambishare_registry::Error::BadResponse(why)) => {
+                let _ = writeln!(report, "unreadable entry: {why}");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let signature = owners.signature(&registry, &entry).await;
+        let _ = writeln!(report, "{}", line(&entry, signature));
+        if let Some(out) = &opts.out {
+            let runner = models.get(&registry, entry.model).await?;
+            let path = out.join(format!("{}.png", entry.id));
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let public = entry.code.to_sparse()?;
+                let image = decode_image(&runner, &public, entry.width, entry.height)?;
+                write_png(&image, &path)
+            })
+            .await??;
+        }
+    }
+    bar.finish_and_clear();
+    let _ = writeln!(report, "{seen} entries");
+    Ok(report)
+}
+
+/// Metadata of one entry, with its signature checked against the owner's registered key.
+pub async fn show(registry_url: &str, registry_ca: Option<&std::path::Path>, id: EntryId) -> Result<String> {
+    let registry = RegistryClient::connect(registry_url, registry_tls(registry_ca)?).await?;
+    let entry = registry.get_entry(id).await?;
+    let signature = OwnerKeys::default().signature(&registry, &entry).await;
+    let shape = entry.code.shape();
+    let mut out = String::new();
+    let _ = writeln!(out, "entry      {}", entry.id);
+    let _ = writeln!(out, "owner      {}", entry.owner);
+    let _ = writeln!(out, "dataset    {}", entry.dataset);
+    let _ = writeln!(out, "model      {}", entry.model);
+    let _ = writeln!(out, "image      {}x{}", entry.width, entry.height);
+    let _ = writeln!(out, "created    {} (unix ms)", entry.created_unix_ms);
+    if !entry.label.is_empty() {
+        let _ = writeln!(out, "label      {}", entry.label);
+    }
+    let _ = writeln!(
+        out,
+        "code       {} tiles x {} maps of {} dims, {} nonzeros a map, {:?} values, {} bytes",
+        shape.tiles,
+        shape.maps,
+        shape.dim,
+        entry.code.nnz(),
+        entry.code.codec(),
+        entry.code_bytes.len()
+    );
+    let _ = writeln!(out, "signature  {signature}");
+    Ok(out)
+}

@@ -1,0 +1,270 @@
+//! The command line of `ambishare-client`: argument types (clap) and the
+//! dispatch to the library. `main.rs` only parses and calls [`run`].
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use ambishare_owner::ClientIdentity;
+use ambishare_shared::model::{Device, init_runtime};
+use ambishare_shared::{DatasetName, EntryId, OwnerId, PartyName};
+use clap::{Args, Parser, Subcommand};
+
+use crate::browse::{self, BrowseOptions};
+use crate::config::{self, FileConfig};
+use crate::error::{Error, Result};
+use crate::pull::{self, PullOptions};
+
+/// A party's node of ambishare: pulls ambiguated codes from a public registry,
+/// fetches this party's support keys from the owner over mutual TLS, and
+/// decodes the images locally. Without keys, `browse` shows what the public sees.
+///
+/// Settings come from flags, then AMBISHARE_CLIENT_* environment variables,
+/// then the TOML file (--config, or <home>/client.toml), then defaults.
+/// Logging follows RUST_LOG (default: info).
+#[derive(Debug, Parser)]
+#[command(name = "ambishare-client", version, about, long_about)]
+pub struct Cli {
+    /// The party's home: party.key, party.pem, party-server-ca.pem, client.toml and the model cache [default: ~/.ambishare-client]
+    #[arg(long, env = "AMBISHARE_CLIENT_HOME", global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// TOML config file [default: <home>/client.toml when present]
+    #[arg(long, env = "AMBISHARE_CLIENT_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make this party's private key (kept here, mode 0600) and a certificate signing
+    /// request (<home>/party.csr) to give the owner, who answers with `ambishare-owner grant`.
+    Enroll(EnrollArgs),
+    /// Pull a dataset: verify each entry's owner signature, fetch this party's keys over
+    /// mutual TLS, decode locally and write PNGs. Entries without a key are reported by reason.
+    Pull(PullArgs),
+    /// What the public sees: list entries and, with --out, render the public decode of their
+    /// ambiguated codes (every nonzero, real and fake).
+    Browse(BrowseArgs),
+    /// Show one entry's metadata and whether its owner signature verifies.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// This party's name, as the owner will know it (lowercase letters, digits, '.', '_', '-')
+    #[arg(long)]
+    pub party: PartyName,
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Registry URL (http:// or https://)
+    #[arg(long, env = "AMBISHARE_CLIENT_REGISTRY", value_name = "URL")]
+    pub registry: Option<String>,
+    /// PEM of the CA that signed the registry's certificate (https registries)
+    #[arg(long, env = "AMBISHARE_CLIENT_REGISTRY_CA", value_name = "PEM")]
+    pub registry_ca: Option<PathBuf>,
+    /// Where decoding runs
+    #[arg(long, env = "AMBISHARE_CLIENT_DEVICE", value_name = "auto|cpu|cuda")]
+    pub device: Option<Device>,
+    /// Cache of decoders fetched from the registry [default: <home>/models]
+    #[arg(long, env = "AMBISHARE_CLIENT_MODEL_CACHE", value_name = "DIR")]
+    pub model_cache: Option<PathBuf>,
+    /// Hide the progress bar
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The owner's key service (https://HOST:PORT)
+    #[arg(long, env = "AMBISHARE_CLIENT_OWNER", value_name = "URL")]
+    pub owner: Option<String>,
+    /// Name checked in the key service's certificate [default: localhost]
+    #[arg(long, env = "AMBISHARE_CLIENT_OWNER_DOMAIN", value_name = "NAME")]
+    pub owner_domain: Option<String>,
+    /// This party's certificate, issued by the owner [default: <home>/party.pem]
+    #[arg(long, env = "AMBISHARE_CLIENT_CERT", value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// This party's private key, mode 0600 [default: <home>/party.key]
+    #[arg(long, env = "AMBISHARE_CLIENT_KEY", value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// The owner's server CA [default: <home>/party-server-ca.pem]
+    #[arg(long, env = "AMBISHARE_CLIENT_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Only this dataset [default: every dataset of the owner]
+    #[arg(long)]
+    pub dataset: Option<DatasetName>,
+    /// Where the PNGs go (one <entry-id>.png each)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Entries per key request
+    #[arg(long, env = "AMBISHARE_CLIENT_BATCH")]
+    pub batch: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct BrowseArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Only this owner's entries
+    #[arg(long, value_name = "OWNER_ID")]
+    pub owner_id: Option<OwnerId>,
+    /// Only this dataset
+    #[arg(long)]
+    pub dataset: Option<DatasetName>,
+    /// Render the public decode of each entry here (one <entry-id>.png each)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Show at most this many entries (0: all)
+    #[arg(long, default_value_t = 0)]
+    pub limit: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The entry's id
+    pub entry: EntryId,
+}
+
+/// Runs a parsed command line, printing errors; the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default: info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+fn required(flag: Option<String>, file: Option<String>, what: &str) -> Result<String> {
+    flag.or(file).ok_or_else(|| Error::Config(format!("{what} is not set: give --{what} or put it in client.toml")))
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+/// Registry settings shared by pull, browse and show.
+struct Registry {
+    url: String,
+    ca: Option<PathBuf>,
+    device: Device,
+    model_cache: PathBuf,
+    progress: bool,
+}
+
+impl Registry {
+    fn resolve(args: RegistryArgs, file: &FileConfig, home: &Path) -> Result<Self> {
+        let device = match (args.device, &file.device) {
+            (Some(d), _) => d,
+            (None, Some(text)) => text.parse()?,
+            (None, None) => Device::Auto,
+        };
+        Ok(Registry {
+            url: required(args.registry, file.registry.clone(), "registry")?,
+            ca: args.registry_ca.or(file.registry_ca.clone()),
+            device,
+            model_cache: pick(args.model_cache, file.model_cache.clone(), home.join(config::MODEL_CACHE)),
+            progress: !args.quiet,
+        })
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let home = match cli.home {
+        Some(h) => h,
+        None => config::default_home()?,
+    };
+    let file = FileConfig::load(cli.config.as_deref(), &home)?;
+    match cli.command {
+        Command::Enroll(args) => {
+            let done = crate::enroll(&home, &args.party)?;
+            println!("private key: {} (stays here)", done.key_path.display());
+            println!("certificate request: {}", done.csr_path.display());
+            println!(
+                "give the request to the owner: ambishare-owner grant --csr party.csr --party {} --dataset NAME --out party.pem",
+                args.party
+            );
+            println!("then put party.pem and party-server-ca.pem in {}", home.display());
+        }
+        Command::Pull(args) => {
+            let registry = Registry::resolve(args.registry, &file, &home)?;
+            init_runtime(None)?;
+            let cert = pick(args.cert, file.cert.clone(), home.join(config::PARTY_CERT));
+            let key = pick(args.key, file.key.clone(), home.join(config::PARTY_KEY));
+            let ca = pick(args.ca, file.ca.clone(), home.join(config::OWNER_CA));
+            // The private key file must not be readable by others.
+            let key_pem = ambishare_shared::crypto::read_secret_file(&key)?;
+            let identity = ClientIdentity {
+                cert_pem: read_text(&cert)?,
+                key_pem: String::from_utf8(key_pem)
+                    .map_err(|_| Error::Config(format!("{} is not a PEM file", key.display())))?,
+                ca_pem: read_text(&ca)?,
+                domain: pick(args.owner_domain, file.owner_domain.clone(), config::DEFAULT_OWNER_DOMAIN.to_owned()),
+            };
+            let opts = PullOptions {
+                registry_url: registry.url,
+                registry_ca: registry.ca,
+                owner_url: required(args.owner, file.owner.clone(), "owner")?,
+                identity,
+                dataset: args.dataset,
+                out: args.out,
+                model_cache: registry.model_cache,
+                device: registry.device,
+                batch: pick(args.batch, file.batch, config::DEFAULT_BATCH),
+                progress: registry.progress,
+            };
+            let summary = pull::pull(&opts).await?;
+            print!("{}", summary.report());
+            println!("images in {}", opts.out.display());
+        }
+        Command::Browse(args) => {
+            let registry = Registry::resolve(args.registry, &file, &home)?;
+            if args.out.is_some() {
+                init_runtime(None)?;
+            }
+            let opts = BrowseOptions {
+                registry_url: registry.url,
+                registry_ca: registry.ca,
+                owner: args.owner_id,
+                dataset: args.dataset,
+                out: args.out,
+                model_cache: registry.model_cache,
+                device: registry.device,
+                limit: args.limit,
+                progress: registry.progress,
+            };
+            print!("{}", browse::browse(&opts).await?);
+        }
+        Command::Show(args) => {
+            let registry = Registry::resolve(args.registry, &file, &home)?;
+            print!("{}", browse::show(&registry.url, registry.ca.as_deref(), args.entry).await?);
+        }
+    }
+    Ok(())
+}

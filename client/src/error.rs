@@ -1,0 +1,33 @@
+//! The one error type of the client node.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Shared(#[from] ambishare_shared::Error),
+    #[error("registry: {0}")]
+    Registry(#[from] ambishare_registry::Error),
+    #[error("owner: {0}")]
+    Owner(#[from] ambishare_owner::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image: {0}")]
+    Image(#[from] image::ImageError),
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

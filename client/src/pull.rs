@@ -1,0 +1,200 @@
+//! `pull`: stream a dataset's entries, verify each owner signature, fetch the
+//! party's keys over mTLS, disambiguate and decode to PNG.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ambishare_owner::{ClientIdentity, Denial, KeyClient};
+use ambishare_registry::client::RegistryClient;
+use ambishare_shared::crypto::PublicKey;
+use ambishare_shared::model::{Device, ModelRunner};
+use ambishare_shared::pipeline::decode_image;
+use ambishare_shared::{DatasetName, Entry, EntryId, SupportKey, Tier};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::models::ModelCache;
+use crate::registry_tls;
+
+/// What `pull` needs.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    pub registry_url: String,
+    /// CA of the registry's certificate (for https).
+    pub registry_ca: Option<PathBuf>,
+    pub owner_url: String,
+    pub identity: ClientIdentity,
+    /// Only this dataset (every dataset the owner published otherwise).
+    pub dataset: Option<DatasetName>,
+    pub out: PathBuf,
+    pub model_cache: PathBuf,
+    pub device: Device,
+    /// Entries per key request.
+    pub batch: usize,
+    pub progress: bool,
+}
+
+/// What happened to every entry seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PullSummary {
+    /// Decoded and written, by tier of the key.
+    pub decoded: BTreeMap<Tier, u64>,
+    /// Entries without a key, by reason.
+    pub denied: BTreeMap<Denial, Vec<EntryId>>,
+    /// Entries whose owner signature did not verify: never decoded.
+    pub bad_signature: Vec<EntryId>,
+    /// Entries the registry sent that did not parse, or failed to decode.
+    pub failed: Vec<(String, String)>,
+}
+
+impl PullSummary {
+    pub fn decoded_total(&self) -> u64 {
+        self.decoded.values().sum()
+    }
+
+    /// A few lines for the terminal.
+    pub fn report(&self) -> String {
+        let mut out = format!("decoded {} entries", self.decoded_total());
+        for (tier, n) in &self.decoded {
+            out.push_str(&format!(" ({n} {tier})"));
+        }
+        out.push('\n');
+        for (denial, ids) in &self.denied {
+            out.push_str(&format!("no key for {} entries: {}\n", ids.len(), denial.as_str()));
+        }
+        if !self.bad_signature.is_empty() {
+            out.push_str(&format!(
+                "{} entries with a bad owner signature were skipped (first: {})\n",
+                self.bad_signature.len(),
+                self.bad_signature[0]
+            ));
+        }
+        for (what, why) in self.failed.iter().take(10) {
+            out.push_str(&format!("failed: {what}: {why}\n"));
+        }
+        if self.failed.len() > 10 {
+            out.push_str(&format!("... and {} more failures\n", self.failed.len() - 10));
+        }
+        out
+    }
+}
+
+pub(crate) fn progress_bar(enabled: bool, what: &str) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} {pos} entries ({per_sec}, {elapsed}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(what.to_owned());
+    bar
+}
+
+/// Pulls, verifies, unlocks and decodes every entry the owner published (in `dataset`).
+pub async fn pull(opts: &PullOptions) -> Result<PullSummary> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(format!("creating {}", opts.out.display()), e))?;
+    let mut keys = KeyClient::connect(&opts.owner_url, opts.identity.clone()).await?;
+    // Over mTLS, so the owner's signing key comes from the owner, not the registry.
+    let me = keys.who_am_i().await?;
+    info!(party = %me.party, owner = %me.owner_id, grants = me.grants.len(), "authenticated to the owner");
+    let registry = RegistryClient::connect(&opts.registry_url, registry_tls(opts.registry_ca.as_deref())?).await?;
+    let mut models = ModelCache::new(opts.model_cache.clone(), opts.device);
+    let mut entries = registry.stream_entries(Some(me.owner_id), opts.dataset.as_ref(), None).await?;
+
+    let bar = progress_bar(opts.progress, "pull");
+    let mut summary = PullSummary::default();
+    let mut batch: Vec<Entry> = Vec::with_capacity(opts.batch);
+    loop {
+        let next = entries.next().await;
+        let done = next.is_none();
+        if let Some(item) = next {
+            bar.inc(1);
+            match item {
+                Ok(entry) => match entry.verify(&me.owner_public_key) {
+                    Ok(()) => batch.push(entry),
+                    Err(_) => {
+                        warn!(entry = %entry.id, "owner signature does not verify: skipped");
+                        summary.bad_signature.push(entry.id);
+                    }
+                },
+                // A transport error ends the stream; a bad entry is only skipped.
+                Err(ambishare_registry::Error::BadResponse(why)) => summary.failed.push(("entry".into(), why)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if batch.len() >= opts.batch.max(1) || (done && !batch.is_empty()) {
+            let chunk = std::mem::take(&mut batch);
+            unlock_and_decode(chunk, &mut keys, &registry, &mut models, &opts.out, &mut summary).await?;
+            bar.set_message(format!("{} decoded", summary.decoded_total()));
+        }
+        if done {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+async fn unlock_and_decode(
+    chunk: Vec<Entry>,
+    keys: &mut KeyClient,
+    registry: &RegistryClient,
+    models: &mut ModelCache,
+    out: &Path,
+    summary: &mut PullSummary,
+) -> Result<()> {
+    let ids: Vec<EntryId> = chunk.iter().map(|e| e.id).collect();
+    let answers = keys.get_keys(&ids).await?;
+    let mut work: Vec<(Entry, SupportKey, Arc<ModelRunner>)> = Vec::new();
+    for (entry, (_, answer)) in chunk.into_iter().zip(answers) {
+        match answer {
+            Ok(key) => {
+                let runner = models.get(registry, entry.model).await?;
+                work.push((entry, key, runner));
+            }
+            Err(denial) => summary.denied.entry(denial).or_default().push(entry.id),
+        }
+    }
+    let out = out.to_owned();
+    // Decoding is CPU work: off the async threads.
+    let results = tokio::task::spawn_blocking(move || {
+        work.into_iter()
+            .map(|(entry, key, runner)| {
+                let tier = key.tier();
+                let written = decode_to_png(&entry, &key, &runner, &out);
+                (entry.id, tier, written)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    for (id, tier, written) in results {
+        match written {
+            Ok(()) => *summary.decoded.entry(tier).or_default() += 1,
+            Err(e) => summary.failed.push((id.to_string(), e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+fn decode_to_png(entry: &Entry, key: &SupportKey, runner: &ModelRunner, out: &Path) -> Result<()> {
+    let code = key.disambiguate(&entry.code)?;
+    let image = decode_image(runner, &code, entry.width, entry.height)?;
+    write_png(&image, &out.join(format!("{}.png", entry.id)))
+}
+
+/// Writes through a temporary file, so a crash never leaves half a PNG.
+pub(crate) fn write_png(image: &image::RgbImage, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("png.tmp");
+    image.save_with_format(&tmp, image::ImageFormat::Png)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Checks an entry against a public key (exposed for `show`).
+pub fn verify(entry: &Entry, key: &PublicKey) -> bool {
+    entry.verify(key).is_ok()
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The whole mission on one machine, with embedded defaults:
+#   builds the nodes; starts a registry and an owner on loopback (temporary
+#   directories); publishes the held-out sample images (deploy/samples) with the
+#   shipped model; enrolls two parties and grants one full and one preview access;
+#   pulls as each and as the public; writes one picture of the three sets beside
+#   the originals and a PSNR/SSIM table; stops every process it started.
+#
+#   bash deploy/setup.sh && bash deploy/quickstart.sh [OUT_DIR]   (default: quickstart-out)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$(pwd)
+out=$(realpath -m "${1:-quickstart-out}")
+model=${AMBISHARE_QUICKSTART_MODEL:-models/photo64}
+
+say() { printf '\n== %s\n' "$*"; }
+
+[ -f .ort/libonnxruntime.so.1.31.1 ] || { echo "run bash deploy/setup.sh first" >&2; exit 1; }
+[ -f "$model/manifest.json" ] || { echo "no model at $model" >&2; exit 1; }
+
+say "building the nodes (first time: several minutes)"
+cargo build --quiet --locked -p ambishare-registry -p ambishare-owner -p ambishare-client -p ambishare-tests --bins
+bin="$root/target/debug"
+export ORT_DYLIB_PATH="$root/.ort/libonnxruntime.so.1.31.1"
+export RUST_LOG=${RUST_LOG:-warn}
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ambishare-quickstart.XXXXXX")
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+
+registry_port=$(free_port)
+owner_port=$(free_port)
+registry="http://127.0.0.1:$registry_port"
+owner="https://127.0.0.1:$owner_port"
+
+say "registry on $registry (plaintext on loopback; its content is public and every entry is signed)"
+"$bin/ambishare-registry" serve --data-dir "$work/registry" --listen "127.0.0.1:$registry_port" --danger-plaintext \
+    >"$work/registry.log" 2>&1 &
+pids+=($!)
+wait_port "$registry_port"
+
+say "owner: identity, key service on $owner (mutual TLS)"
+"$bin/ambishare-owner" --home "$work/owner" init
+"$bin/ambishare-owner" --home "$work/owner" serve --listen "127.0.0.1:$owner_port" >"$work/owner.log" 2>&1 &
+pids+=($!)
+wait_port "$owner_port"
+
+say "owner: publishing deploy/samples with $model"
+"$bin/ambishare-owner" --home "$work/owner" publish --owner "$owner" --registry "$registry" --dataset samples \
+    --model "$model" --ids-out "$work/ids.tsv" deploy/samples
+
+say "parties: alice (full) and bob (preview) enroll; the owner grants them"
+for party in alice bob; do
+    "$bin/ambishare-client" --home "$work/$party" enroll --party "$party" >/dev/null
+done
+"$bin/ambishare-owner" --home "$work/owner" grant --owner "$owner" --csr "$work/alice/party.csr" --party alice \
+    --dataset samples --tier full --out "$work/alice/party.pem"
+"$bin/ambishare-owner" --home "$work/owner" grant --owner "$owner" --csr "$work/bob/party.csr" --party bob \
+    --dataset samples --tier preview --out "$work/bob/party.pem"
+
+rm -rf "$out" && mkdir -p "$out"
+for party in alice bob; do
+    say "$party pulls"
+    "$bin/ambishare-client" --home "$work/$party" pull --registry "$registry" --owner "$owner" --dataset samples \
+        --out "$out/$party" --quiet
+done
+say "the public browses (no key: every nonzero, real and fake)"
+"$bin/ambishare-client" --home "$work/public" browse --registry "$registry" --dataset samples --out "$out/public" --quiet
+
+say "picture and table"
+cp "$work/ids.tsv" "$out/ids.tsv"
+"$bin/ambishare-eval" quickstart-grid --ids "$out/ids.tsv" --set "alice (full key)=$out/alice" \
+    --set "bob (preview key)=$out/bob" --set "public (no key)=$out/public" --out "$out"
+
+say "audit log of the owner"
+"$bin/ambishare-owner" --home "$work/owner" audit --owner "$owner" --limit 10
+
+echo
+echo "done: $out/grid.png and $out/table.md"

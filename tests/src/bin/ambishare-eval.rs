@@ -1,0 +1,93 @@
+//! `ambishare-eval`: the model's quality report, the quickstart's picture and
+//! table, and the evaluation. Every figure it writes comes from the run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Measures ambishare: image quality of every decode, and pictures of them.
+#[derive(Debug, Parser)]
+#[command(name = "ambishare-eval", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write <out>/REPORT.md and <out>/report-grid.jpg for a model on held-out images:
+    /// authorized, preview, public and random-guess decodes, and JPEG at the same bytes.
+    ModelReport {
+        /// Model directory (manifest.json and its ONNX files)
+        #[arg(long, default_value = "models/photo64")]
+        model: PathBuf,
+        /// Folder of held-out images
+        #[arg(long)]
+        images: PathBuf,
+        /// Where REPORT.md and report-grid.jpg go [default: the model directory]
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// PSNR, SSIM and HaarPSI of a reconstruction against its original.
+    Compare { original: PathBuf, reconstruction: PathBuf },
+    /// The quickstart's picture and table: <out>/grid.png and <out>/table.md.
+    QuickstartGrid {
+        /// `entry_id<TAB>file` lines, as `ambishare-owner publish --ids-out` writes them
+        #[arg(long)]
+        ids: PathBuf,
+        /// A set of decodes: NAME=DIR of <entry-id>.png files; repeatable, in column order
+        #[arg(long = "set", value_name = "NAME=DIR", required = true)]
+        sets: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn quickstart_grid(ids: &std::path::Path, sets: &[String], out: &std::path::Path) -> ambishare_tests::Result<()> {
+    use ambishare_tests::quickstart::{DecodeSet, quickstart_grid, read_ids};
+    let sets = sets
+        .iter()
+        .map(|s| {
+            let (name, dir) = s
+                .split_once('=')
+                .ok_or_else(|| ambishare_tests::Error::Other(format!("--set {s:?}: expected NAME=DIR")))?;
+            Ok(DecodeSet { name: name.to_owned(), dir: PathBuf::from(dir) })
+        })
+        .collect::<ambishare_tests::Result<Vec<_>>>()?;
+    print!("{}", quickstart_grid(&read_ids(ids)?, &sets, out)?);
+    Ok(())
+}
+
+fn compare(a: &std::path::Path, b: &std::path::Path) -> ambishare_tests::Result<()> {
+    use ambishare_shared::quality::{haarpsi, psnr, ssim};
+    let (a, b) = (ambishare_tests::load_rgb(a)?, ambishare_tests::load_rgb(b)?);
+    println!("psnr {:.4} ssim {:.6} haarpsi {:.6}", psnr(&a, &b)?, ssim(&a, &b)?, haarpsi(&a, &b)?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let args: Vec<String> = std::env::args().collect();
+    let command = format!("ambishare-eval {}", args[1..].join(" "));
+    let result = match Cli::parse().command {
+        Command::ModelReport { model, images, out } => {
+            let out = out.unwrap_or_else(|| model.clone());
+            ambishare_shared::model::init_runtime(None)
+                .map_err(ambishare_tests::Error::from)
+                .and_then(|()| ambishare_tests::report::model_report(&model, &images, &out, &command))
+                .map(|r| print!("{}", r.markdown))
+        }
+        Command::Compare { original, reconstruction } => compare(&original, &reconstruction),
+        Command::QuickstartGrid { ids, sets, out } => quickstart_grid(&ids, &sets, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The whole mission on real sockets, in-process: an owner publishes the
+//! held-out sample photos with the shipped model; a party with a full grant
+//! decodes them well, one with a preview grant worse, the public (no key) only
+//! noise; a party granted another dataset and a revoked party get nothing;
+//! an entry tampered with in the registry's store is caught by the client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ambishare_client::browse::{BrowseOptions, browse};
+use ambishare_owner::Denial;
+use ambishare_registry::store::{Engine, SledOptions, Tree, open as open_store};
+use ambishare_shared::quality::{psnr, ssim};
+use ambishare_shared::{Device, EntryId, Tier};
+use ambishare_tests::harness::{TestOwner, TestParty, TestRegistry, repo_root, within};
+use ambishare_tests::{list_images, load_rgb};
+
+/// Floors for the mean over deploy/samples (held-out photos; with models/photo64
+/// the quickstart table gives 20.95 dB full and 20.16 dB preview), with margin.
+const FULL_FLOOR_DB: f64 = 19.5;
+const PREVIEW_FLOOR_DB: f64 = 18.5;
+/// The public decode must lie at least this far below the authorized one.
+const PUBLIC_GAP_DB: f64 = 3.0;
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("AMBISHARE_E2E_MODEL").map(PathBuf::from).unwrap_or_else(|| repo_root().join("models/photo64"))
+}
+
+fn samples() -> Vec<PathBuf> {
+    list_images(&repo_root().join("deploy/samples")).unwrap()
+}
+
+/// Mean PSNR and SSIM of `<dir>/<entry>.png` against the original of each entry.
+fn quality_of(dir: &Path, files: &HashMap<EntryId, PathBuf>) -> (f64, f64, usize) {
+    let (mut p, mut s, mut n) = (0.0, 0.0, 0);
+    for (id, file) in files {
+        let decoded = dir.join(format!("{id}.png"));
+        if !decoded.exists() {
+            continue;
+        }
+        let (a, b) = (load_rgb(file).unwrap(), load_rgb(&decoded).unwrap());
+        p += psnr(&a, &b).unwrap();
+        s += ssim(&a, &b).unwrap();
+        n += 1;
+    }
+    (p / n.max(1) as f64, s / n.max(1) as f64, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_preview_public_other_dataset_and_revocation() {
+    ambishare_shared::model::init_runtime(None).expect("ONNX Runtime: run deploy/setup.sh");
+    let dir = tempfile::tempdir().unwrap();
+    within(async {
+        let registry = TestRegistry::start(&dir.path().join("registry")).await.unwrap();
+        let owner = TestOwner::start(&dir.path().join("owner")).await.unwrap();
+        let samples = samples();
+        let summary = owner.publish(&registry, "samples", &model_dir(), samples.clone()).await.unwrap();
+        assert_eq!(summary.published, samples.len(), "{summary}");
+        let files: HashMap<EntryId, PathBuf> = summary.files.iter().map(|(f, id)| (*id, f.clone())).collect();
+
+        let alice = TestParty::enroll(&owner, &dir.path().join("alice"), "alice", "samples", Tier::Full).await.unwrap();
+        let bob = TestParty::enroll(&owner, &dir.path().join("bob"), "bob", "samples", Tier::Preview).await.unwrap();
+        let carol = TestParty::enroll(&owner, &dir.path().join("carol"), "carol", "other", Tier::Full).await.unwrap();
+
+        let out = dir.path().join("out");
+        let a = alice.pull(&registry, &owner, "samples", &out.join("alice")).await.unwrap();
+        assert_eq!(a.decoded.get(&Tier::Full), Some(&(samples.len() as u64)), "{}", a.report());
+        let b = bob.pull(&registry, &owner, "samples", &out.join("bob")).await.unwrap();
+        assert_eq!(b.decoded.get(&Tier::Preview), Some(&(samples.len() as u64)), "{}", b.report());
+        let c = carol.pull(&registry, &owner, "samples", &out.join("carol")).await.unwrap();
+        assert_eq!(c.decoded_total(), 0);
+        assert_eq!(c.denied.get(&Denial::NotGranted).map(Vec::len), Some(samples.len()));
+        assert_eq!(std::fs::read_dir(out.join("carol")).unwrap().count(), 0, "carol got images");
+
+        let public = out.join("public");
+        browse(&BrowseOptions {
+            registry_url: registry.url.clone(),
+            registry_ca: None,
+            owner: None,
+            dataset: Some("samples".parse().unwrap()),
+            out: Some(public.clone()),
+            model_cache: dir.path().join("public-models"),
+            device: Device::Cpu,
+            limit: 0,
+            progress: false,
+        })
+        .await
+        .unwrap();
+
+        let (full_db, full_ssim, n) = quality_of(&out.join("alice"), &files);
+        let (preview_db, preview_ssim, _) = quality_of(&out.join("bob"), &files);
+        let (public_db, public_ssim, m) = quality_of(&public, &files);
+        println!("full {full_db:.2} dB / {full_ssim:.3}, preview {preview_db:.2} / {preview_ssim:.3}, public {public_db:.2} / {public_ssim:.3}");
+        assert_eq!((n, m), (samples.len(), samples.len()));
+        assert!(full_db >= FULL_FLOOR_DB, "full decode {full_db:.2} dB under the floor");
+        assert!(preview_db >= PREVIEW_FLOOR_DB && preview_db < full_db, "preview decode {preview_db:.2} dB");
+        assert!(preview_ssim < full_ssim);
+        assert!(public_db <= full_db - PUBLIC_GAP_DB, "public decode {public_db:.2} dB too close to {full_db:.2}");
+        assert!(public_ssim < preview_ssim);
+
+        // Revoked: nothing new, not even for entries published after the revocation.
+        owner.admin().await.unwrap().revoke(&alice.name, None).await.unwrap();
+        let extra = repo_root().join("shared/testdata/quality/original.png");
+        owner.publish(&registry, "samples", &model_dir(), vec![extra]).await.unwrap();
+        let again = alice.pull(&registry, &owner, "samples", &out.join("alice-after")).await;
+        match again {
+            Ok(summary) => assert_eq!(summary.decoded_total(), 0, "{}", summary.report()),
+            // A revoked certificate is refused outright (PERMISSION_DENIED): also nothing.
+            Err(e) => assert!(e.to_string().contains("revoked") || e.to_string().contains("ermission"), "{e}"),
+        }
+        assert!(!out.join("alice-after").exists() || std::fs::read_dir(out.join("alice-after")).unwrap().count() == 0);
+
+        owner.stop().await;
+        registry.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_tampered_with_in_the_registry_store_is_caught() {
+    ambishare_shared::model::init_runtime(None).expect("ONNX Runtime: run deploy/setup.sh");
+    let dir = tempfile::tempdir().unwrap();
+    within(async {
+        let registry_dir = dir.path().join("registry");
+        let registry = TestRegistry::start(&registry_dir).await.unwrap();
+        let owner = TestOwner::start(&dir.path().join("owner")).await.unwrap();
+        let inputs = samples()[..2].to_vec();
+        let summary = owner.publish(&registry, "samples", &model_dir(), inputs).await.unwrap();
+        let alice = TestParty::enroll(&owner, &dir.path().join("alice"), "alice", "samples", Tier::Full).await.unwrap();
+        registry.stop().await.unwrap();
+
+        // Flip one bit of one q8 value of the first entry's code, in the stored record:
+        // the code still parses, but the owner's signature no longer matches.
+        let victim = summary.files[0].1;
+        {
+            let store = open_store(Engine::Sled, &registry_dir, SledOptions::default()).unwrap();
+            let record = store.get(Tree::Entries, victim.as_bytes()).unwrap().expect("stored entry");
+            let mut tampered = record.clone();
+            let last = tampered.len() - 70; // inside the code bytes, before the signature field
+            tampered[last] ^= 0x01;
+            let ok = store
+                .apply(
+                    &[(Tree::Entries, victim.as_bytes(), Some(&record))],
+                    &[(Tree::Entries, victim.as_bytes(), Some(&tampered))],
+                )
+                .unwrap();
+            assert!(ok);
+            store.flush().unwrap();
+        }
+
+        let registry = TestRegistry::start(&registry_dir).await.unwrap();
+        let out = dir.path().join("out");
+        let pulled = alice.pull(&registry, &owner, "samples", &out).await.unwrap();
+        assert_eq!(pulled.bad_signature, vec![victim], "{}", pulled.report());
+        assert_eq!(pulled.decoded_total(), 1);
+        assert!(!out.join(format!("{victim}.png")).exists(), "a tampered entry was decoded");
+        owner.stop().await;
+        registry.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
