@@ -21,6 +21,7 @@ pub mod publish;
 pub mod rotate;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod types;
 
 pub use client::{AdminClient, ClientIdentity, KeyAnswer, KeyClient, WhoAmI};

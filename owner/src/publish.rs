@@ -231,6 +231,12 @@ impl PublishSummary {
     }
 }
 
+/// `text` on one line: control characters and runs of white space become one space.
+fn one_line(text: &str) -> String {
+    let line = text.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty()).collect::<Vec<_>>();
+    if line.is_empty() { "no reason given".into() } else { line.join(" ") }
+}
+
 /// How a failed entry without a file is listed.
 fn earlier_entry_path(entry: Option<EntryId>) -> PathBuf {
     match entry {
@@ -443,6 +449,11 @@ struct Run<'a, 'b> {
 impl Run<'_, '_> {
     /// Counts and reports one file.
     fn emit(&mut self, path: Option<PathBuf>, entry: Option<EntryId>, outcome: FileOutcome) {
+        // A reason is one line of the summary: decoders' messages may hold line breaks.
+        let outcome = match outcome {
+            FileOutcome::Failed(reason) => FileOutcome::Failed(one_line(&reason)),
+            other => other,
+        };
         if let (FileOutcome::Failed(reason), Some(path)) = (&outcome, &path) {
             tracing::debug!("not published {}: {reason}", path.display());
         }

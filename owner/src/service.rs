@@ -28,8 +28,7 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, instrument};
 
@@ -81,9 +80,13 @@ pub async fn serve(
     let store = Arc::new(blocking(move || OwnerStore::open(&store_dir)).await?);
     let admin = AdminOps::new(&home, store.clone(), owner)?;
     let admin_fingerprint = fingerprint(&pem_to_der(&home.read_pem("admin.pem")?)?);
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(home.read_pem("server.pem")?, home.read_key_pem("server.key")?))
-        .client_ca_root(Certificate::from_pem(home.read_pem("client-ca.pem")?));
+    // Certificates refused in the handshake are audited into the store.
+    let tls = crate::tls::server_config(
+        &home.read_pem("server.pem")?,
+        &home.read_key_pem("server.key")?,
+        &home.read_pem("client-ca.pem")?,
+        Arc::downgrade(&store),
+    )?;
     let state = Arc::new(State {
         store: store.clone(),
         keyring: keyring.clone(),
@@ -107,13 +110,15 @@ pub async fn serve(
     };
     let addr = listener.local_addr().map_err(|e| Error::io("reading the listener's address", e))?;
     tracing::info!(owner = %owner, %addr, "key service listening (mutual TLS)");
-    Server::builder()
-        .tls_config(tls)?
+    let (incoming, accepting) = crate::tls::incoming(listener, tls);
+    let served = Server::builder()
         .add_service(KeyServiceServer::new(KeyServiceImpl(state.clone())))
         .add_service(OwnerAdminServer::new(OwnerAdminImpl(state.clone())))
-        // TCP_NODELAY: without it a multi-segment answer waits on the peer's delayed ACK (~40 ms).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    accepting.abort();
+    let _ = accepting.await;
+    served?;
     // A publish job whose caller went away may still be finishing its batch.
     drop(state.publish_slot.lock().await);
     drop(state);

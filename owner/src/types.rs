@@ -27,6 +27,8 @@ pub enum Denial {
     UnknownEntry,
     /// The id is not a valid entry id.
     InvalidId,
+    /// The client certificate was refused in the TLS handshake (audit log only).
+    CertificateRefused,
 }
 
 impl Denial {
@@ -37,6 +39,7 @@ impl Denial {
             Denial::Expired => "expired",
             Denial::UnknownEntry => "unknown entry",
             Denial::InvalidId => "invalid id",
+            Denial::CertificateRefused => "certificate refused",
         }
     }
 }
@@ -55,6 +58,7 @@ impl From<Denial> for pb::Denial {
             Denial::Expired => pb::Denial::Expired,
             Denial::UnknownEntry => pb::Denial::UnknownEntry,
             Denial::InvalidId => pb::Denial::InvalidId,
+            Denial::CertificateRefused => pb::Denial::CertificateRefused,
         }
     }
 }
@@ -68,6 +72,7 @@ impl TryFrom<i32> for Denial {
             Ok(pb::Denial::Expired) => Ok(Denial::Expired),
             Ok(pb::Denial::UnknownEntry) => Ok(Denial::UnknownEntry),
             Ok(pb::Denial::InvalidId) => Ok(Denial::InvalidId),
+            Ok(pb::Denial::CertificateRefused) => Ok(Denial::CertificateRefused),
             _ => Err(Error::invalid("denial", format!("unknown denial {v}"))),
         }
     }

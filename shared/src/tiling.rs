@@ -7,7 +7,7 @@
 
 use std::io::Cursor;
 
-use image::{ImageReader, Limits, RgbImage};
+use image::{ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::{Error, Result};
 
@@ -118,6 +118,15 @@ fn to_u8(v: f32) -> u8 {
     (v.clamp(0.0, 1.0) * 255.0).round() as u8
 }
 
+/// Whether a JPEG's last scan is followed by its end-of-image marker. Inside
+/// entropy-coded data a 0xFF byte is always followed by 0x00 or a restart
+/// marker, so an EOI after the last SOS is the main image's own (an EXIF
+/// thumbnail's comes before its SOS).
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    last_scan.is_some_and(|sos| bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9]))
+}
+
 /// Decodes an image of any supported format (PNG, JPEG, WebP) to RGB.
 ///
 /// The declared dimensions are read from the header and checked against
@@ -128,8 +137,13 @@ pub fn load_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
         let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| Error::Image(format!("cannot read image: {e}")))?;
-        if reader.format().is_none() {
-            return Err(Error::Image("not an image in a known format (PNG, JPEG, WebP)".into()));
+        match reader.format() {
+            None => return Err(Error::Image("not an image in a known format (PNG, JPEG, WebP)".into())),
+            // The JPEG decoder fills a truncated scan with gray instead of failing.
+            Some(ImageFormat::Jpeg) if !jpeg_has_end(bytes) => {
+                return Err(Error::Image("truncated JPEG: no end-of-image marker after its last scan".into()));
+            }
+            Some(_) => {}
         }
         Ok(reader)
     };
@@ -276,6 +290,23 @@ mod tests {
         let img = gradient(33, 17);
         let loaded = load_image(&png_bytes(&img), 10_000).unwrap();
         assert_eq!(loaded, img);
+    }
+
+    #[test]
+    fn rejects_a_jpeg_cut_inside_its_scan() {
+        let mut jpeg = Vec::new();
+        gradient(48, 40).write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        assert_eq!(load_image(&jpeg, 10_000).unwrap().dimensions(), (48, 40));
+        // Bytes after the end marker (as some cameras write) are no truncation.
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(&[0, 0, 0xAB]);
+        assert!(load_image(&padded, 10_000).is_ok());
+        for cut in [jpeg.len() - 2, jpeg.len() * 4 / 5] {
+            match load_image(&jpeg[..cut], 10_000) {
+                Err(Error::Image(msg)) => assert!(msg.contains("truncated JPEG"), "{msg}"),
+                other => panic!("a JPEG cut at {cut} of {} bytes: {other:?}", jpeg.len()),
+            }
+        }
     }
 
     #[test]

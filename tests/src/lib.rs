@@ -4,12 +4,18 @@
 //!   guess) against JPEG at the same bytes.
 //! - [`grid`]: pictures of decodes side by side.
 //! - [`report`]: the model's quality report (`models/<name>/REPORT.md`).
+//! - [`nodes`], [`consistency`], [`synth`]: real node processes, store
+//!   checks and generated images for the reliability tools
+//!   (`ambishare-crash`, `ambishare-load`).
 
+pub mod consistency;
 pub mod grid;
 pub mod harness;
+pub mod nodes;
 pub mod quality;
 pub mod quickstart;
 pub mod report;
+pub mod synth;
 
 use thiserror::Error;
 
