@@ -9,6 +9,7 @@
 //!   (`ambishare-crash`, `ambishare-load`).
 
 pub mod consistency;
+pub mod evaluation;
 pub mod grid;
 pub mod harness;
 pub mod nodes;

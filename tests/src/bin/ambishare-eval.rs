@@ -29,6 +29,34 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The evaluation: quality against JPEG, privacy against attacks, throughput;
+    /// writes <out>/EVALUATION.md and its plots.
+    Evaluation {
+        #[arg(long, default_value = "models/photo64")]
+        model: PathBuf,
+        /// Folder of held-out images
+        #[arg(long)]
+        images: PathBuf,
+        /// The attacker's own images (e.g. the training photos)
+        #[arg(long)]
+        attacker_images: PathBuf,
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+        /// Folder of the node binaries for the throughput run [default: this binary's folder]
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Skip running the nodes as processes
+        #[arg(long)]
+        no_nodes: bool,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Re-encode consistency iterations
+        #[arg(long, default_value_t = 4)]
+        iterations: usize,
+        /// Nonzeros the attacker's detector trains on
+        #[arg(long, default_value_t = 200_000)]
+        detector_samples: usize,
+    },
     /// PSNR, SSIM and HaarPSI of a reconstruction against its original.
     Compare { original: PathBuf, reconstruction: PathBuf },
     /// The quickstart's picture and table: <out>/grid.png and <out>/table.md.
@@ -79,6 +107,38 @@ fn main() -> ExitCode {
                 .map_err(ambishare_tests::Error::from)
                 .and_then(|()| ambishare_tests::report::model_report(&model, &images, &out, &command))
                 .map(|r| print!("{}", r.markdown))
+        }
+        Command::Evaluation {
+            model,
+            images,
+            attacker_images,
+            out,
+            bin_dir,
+            no_nodes,
+            seed,
+            iterations,
+            detector_samples,
+        } => {
+            let bin_dir = if no_nodes {
+                None
+            } else {
+                bin_dir.or_else(|| std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)))
+            };
+            let opts = ambishare_tests::evaluation::EvalOptions {
+                model_dir: model,
+                images,
+                attacker_images,
+                out,
+                bin_dir,
+                seed,
+                iterations,
+                detector_samples,
+                command: command.clone(),
+            };
+            ambishare_shared::model::init_runtime(None)
+                .map_err(ambishare_tests::Error::from)
+                .and_then(|()| ambishare_tests::evaluation::run(&opts))
+                .map(|md| print!("{md}"))
         }
         Command::Compare { original, reconstruction } => compare(&original, &reconstruction),
         Command::QuickstartGrid { ids, sets, out } => quickstart_grid(&ids, &sets, &out),
