@@ -3,24 +3,29 @@
 //! Ambiguated code ("AMBC", all integers little-endian):
 //!
 //! ```text
-//! magic "AMBC" | version u8 = 1 | codec u8 (1 = q8, 2 = f16) | tiles u32 | maps u16 | dim u16 | nnz u16
+//! magic "AMBC" | version u8 = 2 | codec u8 (1 = q8, 2 = f16) | tiles u32 | maps u16 | dim u16 | nnz u16
 //! then per code-map (tile-major):
 //!   positions: bitmap of dim bits, LSB first, padding bits zero, exactly nnz set
 //!   q8:  lo f16 | hi f16 | nnz bytes (sign bit 7, level bits 0-6)
 //!   f16: nnz × f16 (finite, nonzero)
+//! then crc32 u32 (CRC-32/ISO-HDLC of every byte before it)
 //! ```
 //!
 //! Support key ("AK"):
 //!
 //! ```text
-//! magic "AK" | version u8 = 1 | tier u8 (1 full, 2 preview) | flags u8 (bit 0: sign bits) |
+//! magic "AK" | version u8 = 2 | tier u8 (1 full, 2 preview) | flags u8 (bit 0: sign bits) |
 //! tiles, maps, nnz, kept as LEB128 varints
 //! then per code-map: the rank of its kept subset in ceil(log2 C(nnz, kept)) bits, and with
 //! flag bit 0, one bit per kept value (1: its published sign is flipped); MSB first, zero
 //! padding to the byte
+//! then crc32 u32 (as above)
 //! ```
 //!
 //! Readers bound every length by the input, reject trailing bytes and never panic.
+//! The checksum is checked last, after the structure, so that a fuzzer reaches
+//! every structural check; it makes any flipped bit an error (version 1 had no
+//! checksum: a flipped value bit was a different valid code).
 
 use half::f16;
 
@@ -33,8 +38,10 @@ use crate::key::SupportKey;
 
 pub const CODE_MAGIC: &[u8; 4] = b"AMBC";
 pub const KEY_MAGIC: &[u8; 2] = b"AK";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 const CODE_HEADER_LEN: usize = 4 + 1 + 1 + 4 + 2 + 2 + 2;
+/// Bytes of the CRC-32 trailer of both formats.
+const CRC_LEN: usize = 4;
 /// Key flag: the key carries a sign bit per kept value.
 const KEY_FLAG_SIGNS: u8 = 1;
 
@@ -111,6 +118,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Splits the input into what the checksum covers and the checksum.
+    pub fn without_crc(bytes: &[u8]) -> (&[u8], Option<u32>) {
+        match bytes.split_last_chunk::<CRC_LEN>() {
+            Some((covered, crc)) => (covered, Some(u32::from_le_bytes(*crc))),
+            None => (bytes, None),
+        }
+    }
+
     pub fn finish(self) -> Result<()> {
         if self.buf.is_empty() { Ok(()) } else { Err(self.err("trailing bytes")) }
     }
@@ -128,6 +143,21 @@ fn push_varint(out: &mut Vec<u8>, mut v: u64) {
     }
 }
 
+/// Appends the CRC-32 of everything in `out`.
+fn push_crc(out: &mut Vec<u8>) {
+    let crc = crc32fast::hash(out);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Checks the trailer of `bytes` (whose structure was already parsed).
+fn check_crc(format: &'static str, bytes: &[u8]) -> Result<()> {
+    match Reader::without_crc(bytes) {
+        (covered, Some(crc)) if crc32fast::hash(covered) == crc => Ok(()),
+        (_, Some(_)) => Err(Error::malformed(format, "checksum mismatch: the bytes are corrupt or altered")),
+        (_, None) => Err(Error::malformed(format, "truncated in checksum")),
+    }
+}
+
 /// Bytes per code-map of an ambiguated code.
 fn map_len(dim: u16, nnz: u16, codec: ValueCodec) -> usize {
     let bitmap = (dim as usize).div_ceil(8);
@@ -139,7 +169,7 @@ fn map_len(dim: u16, nnz: u16, codec: ValueCodec) -> usize {
 
 /// Encoded size in bytes of a code of this shape (k' nonzeros a map, or k for a true code).
 pub fn code_len(shape: CodeShape, nnz: u16, codec: ValueCodec) -> usize {
-    CODE_HEADER_LEN + shape.map_count() * map_len(shape.dim, nnz, codec)
+    CODE_HEADER_LEN + shape.map_count() * map_len(shape.dim, nnz, codec) + CRC_LEN
 }
 
 impl AmbiguatedCode {
@@ -174,6 +204,7 @@ impl AmbiguatedCode {
                 }
             }
         }
+        push_crc(&mut out);
         out
     }
 
@@ -196,7 +227,8 @@ impl AmbiguatedCode {
         }
         // The declared shape must account for every byte before anything is allocated.
         let per_map = map_len(dim, nnz, codec);
-        let body = r.rest_exact(shape.map_count() * per_map, "code-maps")?;
+        let body = r.rest_exact(shape.map_count() * per_map + CRC_LEN, "code-maps")?;
+        let (body, _) = Reader::without_crc(body);
         let n = nnz as usize;
         let bitmap_len = (dim as usize).div_ceil(8);
         let mut positions = Vec::with_capacity(shape.map_count() * n);
@@ -239,13 +271,15 @@ impl AmbiguatedCode {
             ValueCodec::Q8 => QuantizedValues::Q8 { ranges, levels },
             ValueCodec::F16 => QuantizedValues::F16(halves),
         };
-        AmbiguatedCode::from_parts(shape, nnz, positions, quantized)
+        let code = AmbiguatedCode::from_parts(shape, nnz, positions, quantized)?;
+        check_crc(F, bytes)?;
+        Ok(code)
     }
 }
 
 impl SupportKey {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.encoded_body_len());
+        let mut out = Vec::with_capacity(16 + self.encoded_body_len() + CRC_LEN);
         out.extend_from_slice(KEY_MAGIC);
         out.push(VERSION);
         out.push(self.tier().tag());
@@ -265,6 +299,7 @@ impl SupportKey {
             }
         }
         out.extend_from_slice(&w.finish());
+        push_crc(&mut out);
         out
     }
 
@@ -293,16 +328,19 @@ impl SupportKey {
         let signs = flags & KEY_FLAG_SIGNS != 0;
         let tiles = r.varint("tiles", CodeShape::MAX_TILES as u64)? as u32;
         let maps = r.varint("maps", CodeShape::MAX_MAPS as u64)? as u16;
-        let nnz = r.varint("nnz", u16::MAX as u64)? as u16;
+        let nnz = r.varint("nnz", SupportKey::MAX_NNZ as u64)? as u16;
         let kept = r.varint("kept", nnz as u64)? as u16;
         if kept == 0 || tiles == 0 || maps == 0 {
             return Err(Error::malformed(F, "tiles, maps and kept must be at least 1"));
         }
+        // Before any allocation sized by the header: a few hostile bytes must not claim gigabytes.
+        SupportKey::check_bounds(tiles, maps, nnz, kept).map_err(|e| Error::malformed(F, e.to_string()))?;
         let map_count = tiles as usize * maps as usize;
         let coder = SubsetCoder::new(nnz, kept)?;
         let per_map = coder.width() as usize + if signs { kept as usize } else { 0 };
         let body_len = (map_count * per_map).div_ceil(8);
-        let body = r.rest_exact(body_len, "subset ranks")?;
+        let body = r.rest_exact(body_len + CRC_LEN, "subset ranks")?;
+        let (body, _) = Reader::without_crc(body);
         let mut bits = BitReader::new(body);
         let mut indices = Vec::with_capacity(map_count * kept as usize);
         let mut flips = Vec::with_capacity(if signs { map_count * kept as usize } else { 0 });
@@ -319,6 +357,8 @@ impl SupportKey {
         }
         let key = SupportKey::from_parts(tier, tiles, maps, nnz, kept, indices)
             .map_err(|e| Error::malformed(F, e.to_string()))?;
-        if signs { key.with_sign_flips(flips) } else { Ok(key) }
+        let key = if signs { key.with_sign_flips(flips)? } else { key };
+        check_crc(F, bytes)?;
+        Ok(key)
     }
 }

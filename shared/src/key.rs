@@ -38,6 +38,24 @@ impl std::fmt::Debug for SupportKey {
 }
 
 impl SupportKey {
+    /// Most nonzeros a map of a key may have (k'): it bounds the subset coder's
+    /// table, which a decoder builds from a few header bytes.
+    pub const MAX_NNZ: u16 = 512;
+    /// Most real indices a key may hold in all (tiles × maps × kept): it bounds
+    /// what a short hostile key can make a decoder allocate (128 MiB of u16).
+    pub const MAX_INDICES: usize = 1 << 26;
+
+    /// Refuses dimensions beyond [`Self::MAX_NNZ`] and [`Self::MAX_INDICES`].
+    pub fn check_bounds(tiles: u32, maps: u16, nnz: u16, kept: u16) -> Result<()> {
+        if nnz > Self::MAX_NNZ {
+            return Err(Error::invalid("support key", format!("at most {} nonzeros a map", Self::MAX_NNZ)));
+        }
+        if tiles as usize * maps as usize * kept as usize > Self::MAX_INDICES {
+            return Err(Error::invalid("support key", format!("at most {} real indices in all", Self::MAX_INDICES)));
+        }
+        Ok(())
+    }
+
     /// `tiles` and `maps` are those of the code the key belongs to (its dim is not needed).
     pub fn from_parts(tier: Tier, tiles: u32, maps: u16, nnz: u16, kept: u16, indices: Vec<u16>) -> Result<Self> {
         // Same bounds as a code's shape; dim only has to hold the nonzeros.
@@ -45,6 +63,7 @@ impl SupportKey {
         if kept == 0 || kept > nnz {
             return Err(Error::invalid("support key", "1 <= kept <= nnz must hold"));
         }
+        Self::check_bounds(tiles, maps, nnz, kept)?;
         let k = kept as usize;
         if indices.len() != tiles as usize * maps as usize * k {
             return Err(Error::invalid("support key", "wrong number of indices"));

@@ -119,6 +119,12 @@ impl Manifest {
         if support > u32::from(self.dim) {
             return bad(format!("k + k_fake = {support} exceeds dim {}", self.dim));
         }
+        if support > u32::from(crate::SupportKey::MAX_NNZ) {
+            return bad(format!(
+                "k + k_fake = {support} exceeds the support key's limit of {}",
+                crate::SupportKey::MAX_NNZ
+            ));
+        }
         if let Some(p) = self.preview_k.iter().find(|&&p| p == 0 || p > self.k) {
             return bad(format!("preview_k {p} is outside 1..={}", self.k));
         }

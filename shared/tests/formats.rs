@@ -126,13 +126,15 @@ proptest! {
         let mut longer = bytes.clone();
         longer.extend_from_slice(&extra);
         prop_assert!(AmbiguatedCode::decode(&longer).is_err());
-        // A flipped bit is refused, or yields a different valid code (never a panic).
+        // A flipped bit is always refused (the CRC-32 trailer catches what the structure does not).
         let mut flipped = bytes.clone();
         let i = flip.index(bytes.len());
         flipped[i] ^= 1 << bit;
-        if let Ok(other) = AmbiguatedCode::decode(&flipped) {
-            prop_assert_ne!(&other, &public);
-            prop_assert_eq!(other.encode(), flipped);
+        prop_assert!(AmbiguatedCode::decode(&flipped).is_err());
+        // With its checksum mended, a flip is refused by the structure or is a different valid code.
+        // (A flip inside the checksum itself is mended back to the original.)
+        if let Ok(other) = AmbiguatedCode::decode(&sealed(flipped)) {
+            prop_assert!(i >= bytes.len() - 4 || other != public);
         }
     }
 
@@ -149,10 +151,11 @@ proptest! {
         longer.extend_from_slice(&extra);
         prop_assert!(SupportKey::decode(&longer).is_err());
         let mut flipped = bytes.clone();
-        flipped[flip.index(bytes.len())] ^= 1 << bit;
-        if let Ok(other) = SupportKey::decode(&flipped) {
-            prop_assert_ne!(&other, &key);
-            prop_assert_eq!(other.encode(), flipped);
+        let i = flip.index(bytes.len());
+        flipped[i] ^= 1 << bit;
+        prop_assert!(SupportKey::decode(&flipped).is_err());
+        if let Ok(other) = SupportKey::decode(&sealed(flipped)) {
+            prop_assert!(i >= bytes.len() - 4 || other != key);
         }
     }
 
@@ -169,8 +172,27 @@ proptest! {
     }
 }
 
+/// `bytes` with its CRC-32 trailer recomputed, so that a test reaches the check it aims at.
+fn sealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(n) = bytes.len().checked_sub(4) else { return bytes };
+    let crc = crc32fast::hash(&bytes[..n]);
+    bytes[n..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// `bytes` with a CRC-32 trailer appended.
+fn with_crc(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.extend_from_slice(&[0; 4]);
+    sealed(bytes)
+}
+
+/// The error message of decoding a code that must be refused.
+fn code_error(bytes: &[u8]) -> String {
+    AmbiguatedCode::decode(bytes).expect_err("a bad code was accepted").to_string()
+}
+
 fn header(tiles: u32, maps: u16, dim: u16, nnz: u16, codec: u8) -> Vec<u8> {
-    let mut h = b"AMBC\x01".to_vec();
+    let mut h = b"AMBC\x02".to_vec();
     h.push(codec);
     h.extend_from_slice(&tiles.to_le_bytes());
     h.extend_from_slice(&maps.to_le_bytes());
@@ -186,40 +208,59 @@ fn rejects_huge_declared_shape_without_allocating() {
     assert!(err.to_string().contains("truncated"), "{err}");
     assert!(AmbiguatedCode::decode(&header(u32::MAX, 1, 8, 1, 1)).is_err());
     // A key declaring a huge count of maps with no body.
-    assert!(SupportKey::decode(b"AK\x01\x01\x80\x80\x01\x80\x08\x80\x01\x40").is_err());
+    assert!(SupportKey::decode(b"AK\x02\x01\x00\x80\x80\x01\x80\x08\x80\x01\x40").is_err());
+    // Headers whose coder table or index count alone would take gigabytes: refused from the header.
+    let key_header = |tiles: u64, maps: u64, nnz: u64, kept: u64| {
+        let mut h = b"AK\x02\x01\x00".to_vec();
+        for v in [tiles, maps, nnz, kept] {
+            let mut v = v;
+            loop {
+                let b = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    h.push(b);
+                    break;
+                }
+                h.push(b | 0x80);
+            }
+        }
+        h
+    };
+    let err = |h: Vec<u8>| SupportKey::decode(&h).unwrap_err().to_string();
+    assert!(err(key_header(1, 1, 65535, 32768)).contains("exceeds 512"));
+    assert!(err(key_header(1 << 14, 1024, 512, 512)).contains("real indices"));
+    // Within the bounds, a missing body is a truncation.
+    assert!(err(key_header(1, 16, 512, 256)).contains("truncated"));
 }
 
 #[test]
 fn rejects_wrong_counts_and_positions() {
     // dim 10, nnz 2, f16: bitmap of 2 bytes + 4 bytes of values.
     let one = half::f16::from_f32(1.0).to_le_bytes();
-    let body = |bitmap: [u8; 2]| {
+    // Values are written before the checksum; `last` replaces the last one.
+    let body = |bitmap: [u8; 2], last: [u8; 2]| {
         let mut b = header(1, 1, 10, 2, 2);
         b.extend_from_slice(&bitmap);
         b.extend_from_slice(&one);
-        b.extend_from_slice(&one);
-        b
+        b.extend_from_slice(&last);
+        with_crc(b)
     };
-    assert!(AmbiguatedCode::decode(&body([0b0000_0011, 0])).is_ok());
-    assert!(AmbiguatedCode::decode(&body([0b0000_0111, 0])).is_err(), "3 positions for nnz 2");
-    assert!(AmbiguatedCode::decode(&body([0b0000_0001, 0])).is_err(), "1 position for nnz 2");
-    assert!(AmbiguatedCode::decode(&body([0b0000_0001, 0b0000_0100])).is_err(), "position 10 >= dim");
-    let mut zero = body([0b11, 0]);
-    let n = zero.len();
-    zero[n - 2..].copy_from_slice(&half::f16::from_f32(0.0).to_le_bytes());
-    assert!(AmbiguatedCode::decode(&zero).is_err(), "zero value");
-    let mut nan = body([0b11, 0]);
-    nan[n - 2..].copy_from_slice(&half::f16::NAN.to_le_bytes());
-    assert!(AmbiguatedCode::decode(&nan).is_err(), "NaN value");
-    let mut inf = body([0b11, 0]);
-    inf[n - 2..].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
-    assert!(AmbiguatedCode::decode(&inf).is_err(), "infinite value");
-    let mut version = body([0b11, 0]);
-    version[4] = 2;
-    assert!(AmbiguatedCode::decode(&version).is_err(), "unknown version");
-    let mut codec = body([0b11, 0]);
+    assert!(AmbiguatedCode::decode(&body([0b0000_0011, 0], one)).is_ok());
+    assert!(code_error(&body([0b0000_0111, 0], one)).contains("3 nonzeros"), "3 positions for nnz 2");
+    assert!(code_error(&body([0b0000_0001, 0], one)).contains("1 nonzeros"), "1 position for nnz 2");
+    assert!(code_error(&body([0b0000_0001, 0b0000_0100], one)).contains("beyond dim"), "position 10 >= dim");
+    for bad in [half::f16::from_f32(0.0), half::f16::NAN, half::f16::INFINITY] {
+        assert!(AmbiguatedCode::decode(&body([0b11, 0], bad.to_le_bytes())).is_err(), "value {bad}");
+    }
+    let mut version = body([0b11, 0], one);
+    version[4] = 1;
+    assert!(code_error(&sealed(version)).contains("unsupported version 1"));
+    let mut codec = body([0b11, 0], one);
     codec[5] = 9;
-    assert!(AmbiguatedCode::decode(&codec).is_err(), "unknown codec");
+    assert!(code_error(&sealed(codec)).contains("unknown value codec"));
+    let mut flipped = body([0b11, 0], one);
+    flipped[20] ^= 0x40;
+    assert!(code_error(&flipped).contains("checksum mismatch"));
 }
 
 #[test]
@@ -231,7 +272,7 @@ fn rejects_q8_ranges_that_are_not_positive_and_ordered() {
         b.extend_from_slice(&f(lo));
         b.extend_from_slice(&f(hi));
         b.push(0x85);
-        b
+        with_crc(b)
     };
     assert!(AmbiguatedCode::decode(&code(0.5, 2.0)).is_ok());
     assert!(AmbiguatedCode::decode(&code(2.0, 0.5)).is_err());
@@ -247,23 +288,28 @@ fn rejects_key_with_nonzero_padding_or_bad_rank() {
     let (_, public, key) = sample(2, shape, 3, 3, ValueCodec::Q8);
     assert!(!key.has_signs());
     let bytes = key.encode();
+    let key_error = |b: Vec<u8>| SupportKey::decode(&sealed(b)).expect_err("a bad key was accepted").to_string();
+    let last = bytes.len() - 5; // the last byte before the checksum
     let mut padded = bytes.clone();
-    *padded.last_mut().unwrap() |= 1;
-    assert!(SupportKey::decode(&padded).is_err());
+    padded[last] |= 1;
+    assert!(key_error(padded).contains("padding"));
     let mut rank = bytes.clone();
-    *rank.last_mut().unwrap() = 0b1111_1000; // rank 31 >= 20
-    assert!(SupportKey::decode(&rank).is_err());
+    rank[last] = 0b1111_1000; // rank 31 >= 20
+    assert!(SupportKey::decode(&sealed(rank)).is_err());
     let mut tier = bytes.clone();
     tier[3] = 7;
-    assert!(SupportKey::decode(&tier).is_err());
+    assert!(key_error(tier).contains("unknown tier"));
     let mut flags = bytes.clone();
     flags[4] = 0x80;
-    assert!(SupportKey::decode(&flags).is_err(), "unknown flag");
+    assert!(key_error(flags).contains("unknown flags"));
     // Non-minimal varint for tiles.
     let mut long = bytes[..5].to_vec();
     long.extend_from_slice(&[0x81, 0x00]);
     long.extend_from_slice(&bytes[6..]);
-    assert!(SupportKey::decode(&long).is_err());
+    assert!(key_error(long).contains("minimally"));
+    let mut flipped = bytes.clone();
+    flipped[last] ^= 0x80;
+    assert!(SupportKey::decode(&flipped).unwrap_err().to_string().contains("checksum mismatch"));
     assert!(key.disambiguate(&public).is_ok());
 }
 
@@ -282,6 +328,15 @@ fn sizes_per_tile_and_key_against_the_entropy_bound() {
         bound_bits / 8.0
     );
     assert!(ratio <= 1.05, "key is {ratio:.4} × the entropy bound");
+    // The paper's scheme (no sign bits): the 14 bytes of header and checksum weigh more on one tile.
+    let (_, _, paper_key) = sample(8, shape, 64, 64, ValueCodec::Q8);
+    let paper_ratio = paper_key.encode().len() as f64 * 8.0 / paper_key.entropy_bits();
+    println!(
+        "key without sign bits: {} bytes for one tile; bound {:.1} bytes; ratio {paper_ratio:.4}",
+        paper_key.encode().len(),
+        paper_key.entropy_bits() / 8.0
+    );
+    assert!(paper_ratio <= 1.07);
     for seed in [4u64, 5, 64, 65] {
         let tiles = seed as u32 & !1;
         let s = CodeShape::new(tiles, 16, 256).unwrap();
@@ -297,17 +352,17 @@ fn sizes_per_tile_and_key_against_the_entropy_bound() {
             code_len(shape, 64, codec)
         );
     }
-    assert_eq!(code_len(shape, 128, ValueCodec::Q8), 16 + 16 * (32 + 4 + 128));
+    assert_eq!(code_len(shape, 128, ValueCodec::Q8), 16 + 16 * (32 + 4 + 128) + 4);
 }
 
 #[test]
 fn golden_files_decode_and_re_encode_byte_for_byte() {
-    // Files written by format version 1: a reader change that breaks them is a format change.
+    // Files written by format version 2: a reader change that breaks them is a format change.
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
     let shape = CodeShape::new(2, 3, 32).unwrap();
     let (_, public, key) = sample(43, shape, 8, 8, ValueCodec::Q8); // odd seed: with sign bits
-    let code_path = format!("{dir}/code_v1.ambc");
-    let key_path = format!("{dir}/key_v1.ak");
+    let code_path = format!("{dir}/code_v2.ambc");
+    let key_path = format!("{dir}/key_v2.ak");
     if std::env::var_os("AMBISHARE_WRITE_GOLDEN").is_some() {
         std::fs::write(&code_path, public.encode()).unwrap();
         std::fs::write(&key_path, key.encode()).unwrap();

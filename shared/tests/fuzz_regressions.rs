@@ -46,3 +46,84 @@ fn every_saved_folder_belongs_to_a_target() {
         assert!(name == "seeds" || known.contains(&name.as_str()), "testdata/fuzz/{name} names no fuzz target");
     }
 }
+
+/// The binary seeds, made from the current formats; `AMBISHARE_WRITE_SEEDS=1`
+/// rewrites them after a format change (see the test below).
+fn binary_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    use ambishare_proto::types::v1 as pb;
+    use ambishare_shared::crypto::SigningKey;
+    use ambishare_shared::entry::NewEntry;
+    use ambishare_shared::{CodeShape, Entry, FakeModel, ModelId, SparseCode, ValueCodec, ambiguate};
+    use prost::Message;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut code = |tiles: u32, maps: u16, dim: u16, k: u16, k_fake: u16, codec: ValueCodec, fakes: &FakeModel| {
+        let shape = CodeShape::new(tiles, maps, dim).unwrap();
+        let dense: Vec<f32> = (0..shape.dense_len()).map(|_| rng.random::<f32>() - 0.5).collect();
+        let sparse = SparseCode::top_k(&dense, shape, k).unwrap();
+        ambiguate(&sparse, k_fake, codec, fakes, &mut rng).unwrap()
+    };
+    let signs = FakeModel::fitted(None, 1, 256).unwrap();
+    let (q8, q8_key) = code(2, 3, 64, 16, 16, ValueCodec::Q8, &FakeModel::paper());
+    let (f16, _) = code(1, 2, 13, 3, 4, ValueCodec::F16, &FakeModel::paper());
+    let (signed, signed_key) = code(1, 1, 32, 8, 8, ValueCodec::Q8, &FakeModel::fitted(None, 1, 32).unwrap());
+    let (wide, wide_key) = code(1, 1, 256, 64, 64, ValueCodec::Q8, &signs);
+    let (_, big_key) = code(1, 1, 256, 128, 128, ValueCodec::Q8, &FakeModel::paper());
+    let preview = q8_key.preview(&q8, 4).unwrap();
+    let (signer, _) = SigningKey::generate().unwrap();
+    let entry = Entry::create(
+        NewEntry {
+            owner: signer.public_key().owner_id(),
+            dataset: "holidays".parse().unwrap(),
+            model: ModelId::of_manifest(b"{}"),
+            width: 100,
+            height: 60,
+            label: "seed".into(),
+            code: q8.clone(),
+        },
+        &signer,
+    )
+    .unwrap();
+    vec![
+        ("ambiguated_code", "code_q8.ambc", q8.encode()),
+        ("ambiguated_code", "code_f16_dim13.ambc", f16.encode()),
+        ("ambiguated_code", "code_q8_signs.ambc", signed.encode()),
+        ("support_key", "full_nosigns.ak", q8_key.encode()),
+        ("support_key", "full_signs.ak", signed_key.encode()),
+        ("support_key", "n128_k64_signs.ak", wide_key.encode()),
+        ("support_key", "n256_k128_bigint.ak", big_key.encode()),
+        ("support_key", "preview.ak", preview.encode()),
+        ("entry", "signed_q8.pb", pb::Entry::from(&entry).encode_to_vec()),
+        ("ambiguated_code", "code_q8_wide.ambc", wide.encode()),
+    ]
+}
+
+/// Binary seeds must be valid inputs of the current formats (so the fuzzer
+/// starts past the structural checks); a format change rewrites them with
+/// `AMBISHARE_WRITE_SEEDS=1 cargo test -p ambishare-shared --test fuzz_regressions`.
+#[test]
+fn binary_seeds_decode_under_the_current_formats() {
+    use ambishare_shared::{AmbiguatedCode, SupportKey};
+    let seeds = testdata().join("seeds");
+    let write = std::env::var_os("AMBISHARE_WRITE_SEEDS").is_some();
+    for (target, name, bytes) in binary_seeds() {
+        let path = seeds.join(target).join(name);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let ok = match target {
+            "ambiguated_code" => AmbiguatedCode::decode(&stored).is_ok(),
+            "support_key" => SupportKey::decode(&stored).is_ok(),
+            _ => {
+                use prost::Message;
+                let p = ambishare_proto::types::v1::Entry::decode(stored.as_slice()).unwrap();
+                ambishare_shared::Entry::try_from(p).is_ok()
+            }
+        };
+        assert!(ok, "{} does not decode under the current formats", path.display());
+    }
+}

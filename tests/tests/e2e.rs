@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 
 use ambishare_client::browse::{BrowseOptions, browse};
 use ambishare_owner::Denial;
+use ambishare_proto::types::v1 as pb;
 use ambishare_registry::store::{Engine, SledOptions, Tree, open as open_store};
 use ambishare_shared::quality::{psnr, ssim};
 use ambishare_shared::{Device, EntryId, Tier};
 use ambishare_tests::harness::{TestOwner, TestParty, TestRegistry, repo_root, within};
 use ambishare_tests::{list_images, load_rgb};
+use prost::Message;
 
 /// Floors for the mean over deploy/samples (held-out photos; with models/photo64
 /// the quickstart table gives 20.95 dB full and 20.16 dB preview), with margin.
@@ -132,15 +134,21 @@ async fn an_entry_tampered_with_in_the_registry_store_is_caught() {
         let alice = TestParty::enroll(&owner, &dir.path().join("alice"), "alice", "samples", Tier::Full).await.unwrap();
         registry.stop().await.unwrap();
 
-        // Flip one bit of one q8 value of the first entry's code, in the stored record:
-        // the code still parses, but the owner's signature no longer matches.
+        // Flip one bit of one q8 value of the first entry's code in the stored record
+        // (seq u64 then the protobuf entry), and mend the code's checksum as a forger
+        // would: the code still parses, but the owner's signature no longer matches.
         let victim = summary.files[0].1;
         {
             let store = open_store(Engine::Sled, &registry_dir, SledOptions::default()).unwrap();
             let record = store.get(Tree::Entries, victim.as_bytes()).unwrap().expect("stored entry");
-            let mut tampered = record.clone();
-            let last = tampered.len() - 70; // inside the code bytes, before the signature field
-            tampered[last] ^= 0x01;
+            let (seq, body) = record.split_at(8);
+            let mut entry = pb::Entry::decode(body).unwrap();
+            let crc_at = entry.code.len() - 4;
+            entry.code[crc_at - 1] ^= 0x01; // the last q8 level of the last code-map
+            let crc = crc32fast::hash(&entry.code[..crc_at]);
+            entry.code[crc_at..].copy_from_slice(&crc.to_le_bytes());
+            assert!(ambishare_shared::AmbiguatedCode::decode(&entry.code).is_ok());
+            let tampered = [seq, &entry.encode_to_vec()].concat();
             let ok = store
                 .apply(
                     &[(Tree::Entries, victim.as_bytes(), Some(&record))],
