@@ -44,12 +44,20 @@ def export(module, example, path, input_name, output_name):
     )
 
 
+NOTE = (
+    "statistics of the real (kept) values on training tiles. ambishare draws each map's fakes from the "
+    "complementary truncated Gaussian with λ = that map's smallest kept magnitude and σ fitted to its "
+    "real values (FakeModel::fitted), at positions weighted by position_rate, and scrambles the real values' "
+    "signs; sigma_ctg = λ / (√2 erfc⁻¹(k/m)) is the paper's choice (FakeModel::paper)"
+)
+
+
 @torch.no_grad()
 def value_distribution(model, tiles, k, m):
     """Per code-map statistics of the kept (real) values on training tiles.
 
     threshold_mean: mean over tiles of the smallest kept magnitude (λ);
-    sigma_ctg: the σ that k/m implies for that λ (what ambiguation uses);
+    sigma_ctg: the σ that k/m implies for that λ (the paper's choice, FakeModel::paper);
     sigma_mle: σ of a zero-mean Gaussian tail above λ fitted to the kept values;
     kept_abs_mean: mean kept magnitude; position_rate: how often each position is kept.
     """
@@ -84,7 +92,7 @@ def value_distribution(model, tiles, k, m):
     position_rate = kept.float().mean(dim=0)  # (L, m)
     return {
         "kind": "complementary-truncated-gaussian",
-        "note": "fakes are drawn per map from the CTG with λ = smallest kept magnitude and σ = λ / (√2 erfc⁻¹(k/m))",
+        "note": NOTE,
         "tiles": int(tiles.shape[0]),
         "per_map": per_map,
         "position_rate": [[round(float(r), 5) for r in row] for row in position_rate],

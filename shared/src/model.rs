@@ -106,8 +106,9 @@ impl Manifest {
         if !(8..=1024).contains(&self.tile_size) {
             return bad(format!("tile_size {} is outside 8..=1024", self.tile_size));
         }
-        if self.channels != 1 && self.channels != 3 {
-            return bad(format!("channels is {}, expected 1 or 3", self.channels));
+        // The tiler works on RGB images (grey models would need a grey tiler).
+        if self.channels != 3 {
+            return bad(format!("channels is {}, expected 3 (RGB)", self.channels));
         }
         if self.maps == 0 {
             return bad("maps must be at least 1".into());
@@ -425,9 +426,15 @@ fn commit(env: &Environment, device: Device, bytes: &[u8], spec: &ModelFileSpec)
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(ort_err)?;
     let (mut builder, ep) = with_device(builder, device)?;
-    let session =
-        builder.commit_from_memory(bytes).map_err(|e| Error::Model(format!("{} cannot be loaded: {e}", spec.file)))?;
-    Ok((session, ep))
+    match builder.commit_from_memory(bytes) {
+        Ok(session) => Ok((session, ep)),
+        // CUDA can register and still fail when the session is made (no device, wrong driver).
+        Err(e) if device == Device::Auto && ep != CPU_EP => {
+            tracing::info!("{} cannot be loaded on {ep} ({e}); falling back to CPU", spec.file);
+            commit(env, Device::Cpu, bytes, spec)
+        }
+        Err(e) => Err(Error::Model(format!("{} cannot be loaded: {e}", spec.file))),
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -609,6 +616,7 @@ mod tests {
             with(&["tile_size"], 4.into()),
             with(&["tile_size"], 2048.into()),
             with(&["channels"], 2.into()),
+            with(&["channels"], 1.into()),
             with(&["maps"], 0.into()),
             with(&["k"], 0.into()),
             with(&["k_fake"], 241.into()),
