@@ -313,27 +313,37 @@ impl Db {
         Ok(deleted)
     }
 
-    /// Up to `limit` entries of `query` after `after`, in index order.
-    pub fn page(&self, query: &Query, after: Option<&Cursor>, limit: usize) -> Result<Page> {
+    /// Up to `limit` entries of `query` after `after`, in index order, and
+    /// no more record bytes than `max_bytes` (but always at least one entry):
+    /// what one request holds in memory is bounded whatever the codes' sizes.
+    pub fn page(&self, query: &Query, after: Option<&Cursor>, limit: usize, max_bytes: usize) -> Result<Page> {
         let (tree, prefix, cursor_len) = query.index();
         let after_key = after.map(|c| [prefix.as_slice(), &c.0].concat());
         let mut pairs = self.store.scan(tree, &prefix, after_key.as_deref(), limit.saturating_add(1))?;
-        let more = pairs.len() > limit;
+        let mut more = pairs.len() > limit;
         pairs.truncate(limit);
-        let next = match pairs.last() {
-            Some((k, _)) if more => Some(Cursor(k.get(prefix.len()..).unwrap_or_default().to_vec())),
-            _ => None,
-        };
         let mut items = Vec::with_capacity(pairs.len());
-        for (key, id) in pairs {
+        let (mut bytes, mut last_key) = (0usize, None);
+        let count = pairs.len();
+        for (i, (key, id)) in pairs.into_iter().enumerate() {
             if key.len() != prefix.len() + cursor_len {
                 return Err(Error::corrupt(tree.name(), "index key of the wrong length"));
             }
             // An entry deleted since the index was read is skipped.
             if let Some(record) = self.store.get(Tree::Entries, &id)? {
+                bytes += record.len();
                 items.push(decode_record(record)?);
             }
+            last_key = Some(key);
+            if bytes >= max_bytes && i + 1 < count {
+                more = true;
+                break;
+            }
         }
+        let next = match last_key {
+            Some(k) if more => Some(Cursor(k.get(prefix.len()..).unwrap_or_default().to_vec())),
+            _ => None,
+        };
         Ok(Page { items, next })
     }
 
@@ -439,21 +449,49 @@ mod tests {
             db.insert_entry(u64::from(i) + 1, &prepared(owner, ds, &[i])).unwrap();
         }
         let query = Query { owner: Some(a), dataset: None };
-        let first = db.page(&query, None, 3).unwrap();
+        let first = db.page(&query, None, 3, usize::MAX).unwrap();
         assert_eq!(first.items.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 3, 5]);
         let token = first.next.unwrap().token();
         let cursor = query.parse_token(&token).unwrap();
-        let second = db.page(&query, Some(&cursor), 3).unwrap();
+        let second = db.page(&query, Some(&cursor), 3, usize::MAX).unwrap();
         assert_eq!(second.items.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![7, 9]);
         assert!(second.next.is_none());
         let by_dataset = Query { owner: None, dataset: Some("cats".parse().unwrap()) };
-        let page = db.page(&by_dataset, None, 100).unwrap();
+        let page = db.page(&by_dataset, None, 100, usize::MAX).unwrap();
         assert_eq!(page.items.len(), 5);
         let cursor = by_dataset.cursor_after(&page.items[1]).unwrap();
-        assert_eq!(db.page(&by_dataset, Some(&cursor), 100).unwrap().items.len(), 3);
+        assert_eq!(db.page(&by_dataset, Some(&cursor), 100, usize::MAX).unwrap().items.len(), 3);
         assert!(by_dataset.parse_token(&token).is_err(), "8-byte token accepted for a 24-byte cursor");
         assert!(query.parse_token("zz").is_err());
         assert!(query.parse_token("zzzzzzzzzzzzzzzz").is_err());
+    }
+
+    #[test]
+    fn pages_stop_at_their_byte_budget_and_resume_where_they_stopped() {
+        let db = db();
+        let owner = OwnerId::from_bytes([0xaa; 16]);
+        for i in 0..6u8 {
+            db.insert_entry(u64::from(i) + 1, &prepared(owner, "faces", &[i])).unwrap();
+        }
+        let query = Query { owner: Some(owner), dataset: None };
+        let one = db.page(&query, None, 1, usize::MAX).unwrap().items[0].record.len();
+        // A budget of two records and a bit: pages of three (the third crosses it).
+        let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = db.page(&query, after.as_ref(), 100, 2 * one + 1).unwrap();
+            pages += 1;
+            assert!(!page.items.is_empty());
+            seen.extend(page.items.iter().map(|s| s.seq));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (1..=6).collect::<Vec<_>>());
+        assert_eq!(pages, 2);
+        // A budget smaller than one record still makes progress, one entry a page.
+        let page = db.page(&query, None, 100, 1).unwrap();
+        assert_eq!((page.items.len(), page.next.is_some()), (1, true));
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum Error {
     /// A signature did not verify with the key it must verify with.
     #[error("{0}")]
     BadSignature(String),
+    /// A write signed by an owner the registry does not know (no key to check it with).
+    #[error("{0}")]
+    UnknownSigner(String),
     /// A valid signer asked for something only another owner may do.
     #[error("{0}")]
     Forbidden(String),
@@ -87,6 +90,7 @@ impl Error {
                 | Error::FailedPrecondition(_)
                 | Error::NotSigned(_)
                 | Error::BadSignature(_)
+                | Error::UnknownSigner(_)
                 | Error::Forbidden(_)
         )
     }
@@ -99,7 +103,7 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::NotSigned(_) | Error::BadSignature(_) => Code::Unauthenticated,
+            Error::NotSigned(_) | Error::BadSignature(_) | Error::UnknownSigner(_) => Code::Unauthenticated,
             Error::Forbidden(_) => Code::PermissionDenied,
             Error::ShuttingDown => Code::Unavailable,
             Error::Rpc(status) => status.code(),

@@ -21,7 +21,7 @@ use tonic::Code;
 use tracing::warn;
 
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Store, Tree};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -49,6 +49,7 @@ pub struct Metrics {
     acks: Family<OutcomeLabels, Counter>,
     entries_stored: Counter,
     store_size: Gauge,
+    entries: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +71,7 @@ impl Metrics {
         let acks = Family::<OutcomeLabels, Counter>::default();
         let entries_stored = Counter::default();
         let store_size = Gauge::default();
+        let entries = Gauge::default();
         registry.register("requests", "gRPC requests by method and status code", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -79,7 +81,8 @@ impl Metrics {
         registry.register("publish_acks", "Publish acknowledgements by outcome", acks.clone());
         registry.register("entries_stored", "Entries stored and flushed since start", entries_stored.clone());
         registry.register("store_size_bytes", "Size of the store on disk", store_size.clone());
-        Metrics { registry, requests, latency, acks, entries_stored, store_size }
+        registry.register("entries", "Entries held in the store", entries.clone());
+        Metrics { registry, requests, latency, acks, entries_stored, store_size, entries }
     }
 
     /// Counts one request of `method` answered with `code` after `elapsed`.
@@ -103,6 +106,12 @@ impl Metrics {
                 self.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));
             }
             Err(e) => warn!(error = %e, "reading the store size"),
+        }
+        match store.len(Tree::Entries) {
+            Ok(n) => {
+                self.entries.set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            Err(e) => warn!(error = %e, "counting the entries"),
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -31,12 +31,45 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::writer::{Verdict, Writer};
 
+/// At most this much of a request's text field goes into a log span (the
+/// field is unchecked there, and repeated on every line of the request).
+const SHOWN_CHARS: usize = 80;
+
+/// `text` cut to [`SHOWN_CHARS`] characters, for a span field.
+fn shown(text: &str) -> &str {
+    text.char_indices().nth(SHOWN_CHARS).map_or(text, |(i, _)| &text[..i])
+}
+
+/// An upload waits at most this long for its next message; an idle uploader
+/// must not hold one of the few upload slots forever.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The next message of a model upload, within [`UPLOAD_IDLE`].
+async fn next_upload_message(
+    inbound: &mut Streaming<rpb::PublishModelRequest>,
+) -> Result<Option<rpb::PublishModelRequest>> {
+    match tokio::time::timeout(UPLOAD_IDLE, inbound.message()).await {
+        Ok(message) => Ok(message?),
+        Err(_) => Err(Error::Invalid(format!(
+            "model upload idle for {} s; send the next message sooner",
+            UPLOAD_IDLE.as_secs()
+        ))),
+    }
+}
+
 /// Chunk size of model downloads.
 pub const MODEL_CHUNK_BYTES: usize = 256 << 10;
 /// Entries read from the store per page of a stream.
 const STREAM_PAGE: usize = 256;
+/// Record bytes read per page of a listing or a stream (at least one entry a
+/// page): with codes of up to `max_code_bytes`, a page of entries could
+/// otherwise hold gigabytes.
+const PAGE_BYTES: usize = 8 << 20;
 /// Entries a stream buffers ahead of the client.
-const STREAM_BUFFER: usize = 64;
+const STREAM_BUFFER: usize = 16;
+/// Record bytes read per page of a stream: with the buffer, what a slow
+/// client can make a stream hold.
+const STREAM_PAGE_BYTES: usize = 2 << 20;
 /// Publish messages checked concurrently on one stream.
 const PUBLISH_PIPELINE: usize = 4;
 /// Publish messages of one stream waiting for the writer's verdict.
@@ -283,7 +316,7 @@ impl Inner {
         let entry = Entry::try_from(p)?;
         let key = self
             .owner_key(&entry.owner)?
-            .ok_or_else(|| Error::FailedPrecondition(format!("owner {} is not registered", entry.owner)))?;
+            .ok_or_else(|| Error::UnknownSigner(format!("owner {} is not registered", entry.owner)))?;
         entry.verify(&key).map_err(|_| {
             Error::BadSignature(format!(
                 "the signature of entry {} does not verify with the registered key of owner {}",
@@ -359,9 +392,8 @@ impl Inner {
         if header.signature.is_empty() {
             return Err(Error::NotSigned("model"));
         }
-        let key = self
-            .owner_key(&owner)?
-            .ok_or_else(|| Error::FailedPrecondition(format!("owner {owner} is not registered")))?;
+        let key =
+            self.owner_key(&owner)?.ok_or_else(|| Error::UnknownSigner(format!("owner {owner} is not registered")))?;
         let refs: Vec<ModelFileRef> =
             files.iter().map(|f| ModelFileRef { role: f.role, sha256: f.sha256, size: f.size }).collect();
         key.verify(&model_bytes(&owner, &header.manifest, &refs), &header.signature).map_err(|_| {
@@ -473,7 +505,7 @@ impl RegistryService for RegistryApi {
         .await
     }
 
-    #[instrument(name = "GetOwner", skip_all, fields(owner = ?request.get_ref().owner_id))]
+    #[instrument(name = "GetOwner", skip_all, fields(owner = ?shown(&request.get_ref().owner_id)))]
     async fn get_owner(&self, request: Request<rpb::GetOwnerRequest>) -> Result<Response<rpb::Owner>, Status> {
         self.track("GetOwner", async {
             let id: OwnerId = parse(&request.get_ref().owner_id)?;
@@ -491,9 +523,8 @@ impl RegistryService for RegistryApi {
     ) -> Result<Response<rpb::PublishModelResponse>, Status> {
         use rpb::publish_model_request::Part;
         self.track("PublishModel", async {
-            let _permit = self.inner.uploads.acquire().await.map_err(|_| Error::ShuttingDown)?;
             let mut inbound = request.into_inner();
-            let header = match inbound.message().await? {
+            let header = match next_upload_message(&mut inbound).await? {
                 Some(rpb::PublishModelRequest { part: Some(Part::Header(header)) }) => header,
                 _ => return Err(Error::Invalid("the first message of an upload must be the model header".into())),
             };
@@ -501,7 +532,9 @@ impl RegistryService for RegistryApi {
             let h = header.clone();
             let (model_id, mut files) = self.blocking(move |inner| inner.check_model_header(&h)).await?;
             Span::current().record("model", tracing::field::display(model_id));
-            while let Some(message) = inbound.message().await? {
+            // Only a signed header of a registered owner takes one of the few upload slots.
+            let _permit = self.inner.uploads.acquire().await.map_err(|_| Error::ShuttingDown)?;
+            while let Some(message) = next_upload_message(&mut inbound).await? {
                 let Some(Part::Chunk(chunk)) = message.part else {
                     return Err(Error::Invalid("only file chunks may follow the model header".into()));
                 };
@@ -548,7 +581,7 @@ impl RegistryService for RegistryApi {
 
     type GetModelStream = ReceiverStream<Result<rpb::GetModelResponse, Status>>;
 
-    #[instrument(name = "GetModel", skip_all, fields(model = ?request.get_ref().model_id))]
+    #[instrument(name = "GetModel", skip_all, fields(model = ?shown(&request.get_ref().model_id)))]
     async fn get_model(
         &self,
         request: Request<rpb::GetModelRequest>,
@@ -656,7 +689,7 @@ impl RegistryService for RegistryApi {
         .await
     }
 
-    #[instrument(name = "GetEntry", skip_all, fields(entry = ?request.get_ref().entry_id))]
+    #[instrument(name = "GetEntry", skip_all, fields(entry = ?shown(&request.get_ref().entry_id)))]
     async fn get_entry(&self, request: Request<rpb::GetEntryRequest>) -> Result<Response<pb::Entry>, Status> {
         self.track("GetEntry", async {
             let id: EntryId = parse(&request.get_ref().entry_id)?;
@@ -670,7 +703,7 @@ impl RegistryService for RegistryApi {
         .await
     }
 
-    #[instrument(name = "ListEntries", skip_all, fields(owner = ?request.get_ref().owner_id, dataset = ?request.get_ref().dataset))]
+    #[instrument(name = "ListEntries", skip_all, fields(owner = ?shown(&request.get_ref().owner_id), dataset = ?shown(&request.get_ref().dataset)))]
     async fn list_entries(
         &self,
         request: Request<rpb::ListEntriesRequest>,
@@ -687,7 +720,7 @@ impl RegistryService for RegistryApi {
             };
             self.blocking(move |inner| {
                 let after = inner.resolve_cursor(&query, &r.page_token)?;
-                let page = inner.db.page(&query, after.as_ref(), page_size as usize)?;
+                let page = inner.db.page(&query, after.as_ref(), page_size as usize, PAGE_BYTES)?;
                 Ok(rpb::ListEntriesResponse {
                     entries: page.items.iter().map(|s| summary_of(&s.entry)).collect(),
                     next_page_token: page.next.map(|c| c.token()).unwrap_or_default(),
@@ -700,7 +733,7 @@ impl RegistryService for RegistryApi {
 
     type StreamEntriesStream = ReceiverStream<Result<pb::Entry, Status>>;
 
-    #[instrument(name = "StreamEntries", skip_all, fields(owner = ?request.get_ref().owner_id, dataset = ?request.get_ref().dataset))]
+    #[instrument(name = "StreamEntries", skip_all, fields(owner = ?shown(&request.get_ref().owner_id), dataset = ?shown(&request.get_ref().dataset)))]
     async fn stream_entries(
         &self,
         request: Request<rpb::StreamEntriesRequest>,
@@ -721,7 +754,10 @@ impl RegistryService for RegistryApi {
                     while remaining > 0 && !tx.is_closed() {
                         let limit = remaining.min(STREAM_PAGE as u64) as usize;
                         let (q, a) = (query.clone(), after.take());
-                        let page = match api.blocking(move |inner| inner.db.page(&q, a.as_ref(), limit)).await {
+                        let page = match api
+                            .blocking(move |inner| inner.db.page(&q, a.as_ref(), limit, STREAM_PAGE_BYTES))
+                            .await
+                        {
                             Ok(page) => page,
                             Err(e) => {
                                 let _ = tx.send(Err(e.into())).await;
@@ -750,7 +786,7 @@ impl RegistryService for RegistryApi {
         .await
     }
 
-    #[instrument(name = "DeleteEntry", skip_all, fields(entry = ?request.get_ref().entry_id))]
+    #[instrument(name = "DeleteEntry", skip_all, fields(entry = ?shown(&request.get_ref().entry_id)))]
     async fn delete_entry(
         &self,
         request: Request<rpb::DeleteEntryRequest>,
@@ -767,7 +803,7 @@ impl RegistryService for RegistryApi {
                 .blocking(move |inner| {
                     let key = inner
                         .owner_key(&owner)?
-                        .ok_or_else(|| Error::FailedPrecondition(format!("owner {owner} is not registered")))?;
+                        .ok_or_else(|| Error::UnknownSigner(format!("owner {owner} is not registered")))?;
                     key.verify(&deletion_bytes(&id, &owner, r.requested_unix_ms), &r.signature).map_err(|_| {
                         Error::BadSignature(format!(
                             "the deletion's signature does not verify with the registered key of owner {owner}"

@@ -100,20 +100,26 @@ impl State {
 
     fn commit(&mut self, group: Vec<(Vec<Prepared>, oneshot::Sender<Vec<Verdict>>)>) {
         let mut verdicts: Vec<Vec<Verdict>> = Vec::with_capacity(group.len());
-        let mut stored = 0u64;
+        let (mut stored, mut already) = (0u64, 0u64);
         for (entries, _) in &group {
             let mut out = Vec::with_capacity(entries.len());
             for entry in entries {
                 let verdict = self.db.insert_entry(self.next_seq, entry);
-                if let Ok(Inserted::Stored) = verdict {
-                    self.next_seq += 1;
-                    stored += 1;
+                match verdict {
+                    Ok(Inserted::Stored) => {
+                        self.next_seq += 1;
+                        stored += 1;
+                    }
+                    Ok(Inserted::AlreadyStored) => already += 1,
+                    _ => {}
                 }
                 out.push(verdict);
             }
             verdicts.push(out);
         }
-        if stored > 0
+        // ALREADY_STORED is an acknowledgement too: after a failed flush the
+        // entry is applied but maybe not durable, so it is flushed as well.
+        if stored + already > 0
             && let Err(e) = self.db.store().flush()
         {
             // Applied but maybe not durable: never acknowledge those as stored.
@@ -121,7 +127,7 @@ impl State {
             warn!(error = %e, "flush failed; failing the group's acknowledgements");
             let reason = e.to_string();
             for v in verdicts.iter_mut().flatten() {
-                if matches!(v, Ok(Inserted::Stored)) {
+                if matches!(v, Ok(Inserted::Stored | Inserted::AlreadyStored)) {
                     *v = Err(Error::Store(format!("flush: {reason}")));
                 }
             }
