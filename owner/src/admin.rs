@@ -61,9 +61,14 @@ impl AdminOps {
     /// an active certificate already. A grant replaces an earlier one on the
     /// same dataset (so it also renews a revoked or expired grant).
     pub fn grant(&self, request: GrantRequest) -> Result<GrantOutcome> {
+        /// The furthest expiry a grant may have (100 years).
+        const MAX_GRANT_MS: i64 = 100 * 366 * 86_400_000;
         let now = now_unix_ms();
         if request.expires_unix_ms.is_some_and(|t| t <= now) {
             return Err(Error::invalid("expiry", "lies in the past"));
+        }
+        if request.expires_unix_ms.is_some_and(|t| t > now.saturating_add(MAX_GRANT_MS)) {
+            return Err(Error::invalid("expiry", "more than 100 years ahead; grant without expiry instead"));
         }
         let issued = match &request.csr_pem {
             Some(csr) => Some(self.client_ca.sign_csr(
@@ -108,8 +113,9 @@ impl AdminOps {
         if let Some(c) = &issued {
             detail.push_str(&format!(", certificate {}", hex::encode(&c.fingerprint[..8])));
         }
-        self.store.append_audit(&mut [AuditEvent::new("Grant", ADMIN_AUDIT_NAME).detail(detail.clone())])?;
+        // Recorded once it holds: an audit record of a grant that failed would mislead.
         self.store.put_grant(&grant, cert.as_ref())?;
+        self.store.append_audit(&mut [AuditEvent::new("Grant", ADMIN_AUDIT_NAME).detail(detail.clone())])?;
         tracing::info!(party = %grant.party, dataset = %grant.dataset, tier = %grant.tier, "{detail}");
         Ok(GrantOutcome {
             grant,

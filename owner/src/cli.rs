@@ -576,6 +576,11 @@ fn report_grant(outcome: &GrantOutcome, out: Option<&Path>) -> Result<()> {
 }
 
 fn time_text(unix_ms: i64) -> String {
+    // RFC 3339 ends at year 9999 (humantime panics past it); a stored time may lie beyond.
+    const YEAR_10000_MS: i64 = 253_402_300_800_000;
+    if unix_ms >= YEAR_10000_MS {
+        return "after year 9999".into();
+    }
     let t = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -630,5 +635,17 @@ fn print_audit(events: &[AuditEvent]) {
             result,
             detail
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_beyond_year_9999_are_shown_without_panicking() {
+        assert_eq!(time_text(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time_text(i64::MAX), "after year 9999");
+        assert_eq!(expiry_text(Some(253_402_300_800_000)), ", expires after year 9999");
     }
 }

@@ -404,17 +404,23 @@ impl Publisher {
         .await
     }
 
-    /// Connects to the registry, registers the owner and uploads the model (both idempotent).
+    /// Connects to the registry, registers the owner (idempotent) and uploads
+    /// the model unless the registry holds it already.
     async fn registry(&self, job: &PublishJob, model: &Model) -> Result<RegistryClient> {
         let tls = job.registry_ca_pem.as_ref().map(|pem| ClientTlsOptions { ca_pem: pem.clone(), domain: None });
         let registry = RegistryClient::connect(&job.registry_url, tls).await?;
         let owner = self.signing.public_key().owner_id().to_string();
         let name = job.display_name.clone().unwrap_or_else(|| format!("ambishare owner {}", &owner[..8]));
         registry.register_owner(&self.signing, &name).await?;
+        let id = *model.runner.id();
+        if registry.has_model(id).await? {
+            tracing::debug!(model = %id, "model already at the registry");
+            return Ok(registry);
+        }
         let (id, created) =
             registry.publish_model(&self.signing, &model.manifest_bytes, Some(&model.encoder), &model.decoder).await?;
         // Not `info`: offline, a progress bar is on the terminal.
-        tracing::debug!(model = %id, created, "model at the registry");
+        tracing::debug!(model = %id, created, "model uploaded to the registry");
         Ok(registry)
     }
 }

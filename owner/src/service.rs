@@ -44,6 +44,8 @@ use crate::types::{AuditEvent, AuditQuery, Denial, Grant, now_unix_ms};
 pub const MAX_IDS_PER_CALL: usize = 10_000;
 /// Longest id text copied into an audit record.
 const MAX_AUDITED_ID_LEN: usize = 64;
+/// Ids of a wholly refused call recorded one by one; the rest are counted.
+const MAX_AUDITED_REFUSED_IDS: usize = 32;
 
 /// How `serve` runs.
 #[derive(Clone, Debug)]
@@ -189,6 +191,15 @@ impl State {
                 Denial::Revoked,
             ));
         }
+        // The handshake checked the validity period when the connection opened;
+        // a connection can outlive the certificate.
+        if cert.not_after_unix_ms <= now_unix_ms() {
+            return Err((
+                Error::PermissionDenied("certificate expired".into()),
+                cert.party.to_string(),
+                Denial::Expired,
+            ));
+        }
         if peer.common_name.as_deref() != Some(cert.party.as_str()) {
             return Err((
                 Error::PermissionDenied("certificate name does not match its record".into()),
@@ -207,15 +218,26 @@ impl State {
             Err((error, who, denial)) => {
                 span.record("party", who.as_str());
                 let reason = error.to_string();
+                // A refused peer chooses how many ids it sends: the first few are
+                // recorded one by one, the rest counted in one more record.
                 let mut events: Vec<AuditEvent> = if ids.is_empty() {
                     vec![AuditEvent::new("GetKeys", who.as_str()).denied("", denial).detail(reason.clone())]
                 } else {
                     ids.iter()
+                        .take(MAX_AUDITED_REFUSED_IDS)
                         .map(|id| {
                             AuditEvent::new("GetKeys", who.as_str()).denied(audited_id(id), denial).detail(&reason)
                         })
                         .collect()
                 };
+                if ids.len() > MAX_AUDITED_REFUSED_IDS {
+                    let more = ids.len() - MAX_AUDITED_REFUSED_IDS;
+                    events.push(
+                        AuditEvent::new("GetKeys", who.as_str())
+                            .denied("", denial)
+                            .detail(format!("{reason}; and {more} more ids in the same call")),
+                    );
+                }
                 self.store.append_audit(&mut events)?;
                 return Err(error);
             }
@@ -277,14 +299,16 @@ impl State {
         match tier {
             Tier::Full => Ok(Ok((full, Tier::Full))),
             Tier::Preview => {
-                let full = SupportKey::decode(&full)?;
+                // Stored data that does not parse is our fault, never the caller's.
+                let full = SupportKey::decode(&full).map_err(|e| Error::corrupt("keys", e.to_string()))?;
                 let signed =
                     self.store.signed_entry(&id)?.ok_or_else(|| Error::corrupt("signed", format!("{id} missing")))?;
                 let entry = types_pb::Entry::decode(signed.as_slice())
                     .map_err(|e| Error::corrupt("signed", e.to_string()))
                     .and_then(|p| Entry::try_from(p).map_err(|e| Error::corrupt("signed", e.to_string())))?;
                 let k = self.preview_k(&entry.model, full.kept())?;
-                Ok(Ok((full.preview(&entry.code, k)?.encode(), Tier::Preview)))
+                let preview = full.preview(&entry.code, k).map_err(|e| Error::corrupt("keys", e.to_string()))?;
+                Ok(Ok((preview.encode(), Tier::Preview)))
             }
         }
     }
@@ -296,7 +320,11 @@ impl State {
             Some(v) => *v,
             None => {
                 let v = match self.store.model_manifest(model)? {
-                    Some(bytes) => Manifest::parse(&bytes)?.preview_k.first().copied(),
+                    Some(bytes) => Manifest::parse(&bytes)
+                        .map_err(|e| Error::corrupt("models", e.to_string()))?
+                        .preview_k
+                        .first()
+                        .copied(),
                     None => None,
                 };
                 cache.insert(*model, v);

@@ -211,6 +211,22 @@ async fn refused_clients_get_no_key_bytes() {
         assert_eq!(key_bytes(&r), 0);
         assert!(r.results.iter().all(|k| k.result == Some(pb::key_result::Result::Denial(pb::Denial::Expired as i32))));
 
+        // An expiry past what a date can show is refused at the edge, not stored.
+        let far = ambishare_owner::types::now_unix_ms() + 200 * 366 * 86_400_000;
+        let refused = admin
+            .grant(&GrantRequest {
+                party: "far-lab".parse().unwrap(),
+                dataset: "alpha".parse().unwrap(),
+                tier: Tier::Full,
+                expires_unix_ms: Some(far),
+                csr_pem: Some(ambishare_owner::pki::make_csr("far-lab").unwrap().0),
+                certificate_days: Some(30),
+            })
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("100 years"), "{refused}");
+        assert!(admin.list_grants(Some(&"far-lab".parse().unwrap())).await.unwrap().is_empty());
+
         // A revoked party.
         let revoked = enroll(&mut admin, "gone-lab", "alpha", Tier::Full, None).await;
         assert_eq!(admin.revoke(&"gone-lab".parse().unwrap(), None).await.unwrap(), 1);

@@ -253,6 +253,23 @@ impl RegistryClient {
         Ok((id, response.created))
     }
 
+    /// Whether the registry holds `model` (it reads the header of a download and drops the rest).
+    pub async fn has_model(&self, model: ModelId) -> Result<bool> {
+        let request = rpb::GetModelRequest { model_id: model.to_string(), roles: Vec::new() };
+        match self.inner.clone().get_model(request).await {
+            Ok(response) => {
+                let mut parts = response.into_inner();
+                match parts.message().await {
+                    Ok(_) => Ok(true),
+                    Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+                    Err(status) => Err(status.into()),
+                }
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+            Err(status) => Err(status.into()),
+        }
+    }
+
     /// Downloads a model's manifest and files, checking the id and every hash.
     pub async fn fetch_model(&self, model: ModelId) -> Result<FetchedModel> {
         use rpb::get_model_response::Part;

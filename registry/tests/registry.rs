@@ -590,6 +590,8 @@ async fn models_round_trip_by_hash_and_bad_uploads_are_refused() {
         assert!(!created);
         // A decoder-only model: the encoder cannot be fetched.
         let public = TestModel::new("decoder-only", 8, 2, 16, 4, 4, 600_000);
+        assert!(f.client.has_model(f.model.id).await.unwrap());
+        assert!(!f.client.has_model(public.id).await.unwrap(), "a model not uploaded yet is present");
         let (id, created) =
             f.client.publish_model(&f.key, &public.manifest_bytes, None, &public.decoder).await.unwrap();
         assert!(created);
