@@ -19,16 +19,38 @@ say() { printf '\n== %s\n' "$*"; }
 [ -f "$model/manifest.json" ] || { echo "no model at $model" >&2; exit 1; }
 
 say "building the nodes (first time: several minutes)"
-cargo build --quiet --locked -p ambishare-registry -p ambishare-owner -p ambishare-client -p ambishare-tests --bins
+cargo build --quiet --locked -p ambishare-registry -p ambishare-owner -p ambishare-client --bins
+cargo build --quiet --locked -p ambishare-tests --bin ambishare-eval
 bin="$root/target/debug"
 export ORT_DYLIB_PATH="$root/.ort/libonnxruntime.so.1.31.1"
 export RUST_LOG=${RUST_LOG:-warn}
 
+# The output folder is replaced: only an empty one, or one an earlier run made.
+marker=".ambishare-quickstart"
+if [ -e "$out" ] && [ ! -f "$out/$marker" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+    echo "$out exists and was not made by the quickstart; give another folder" >&2
+    exit 1
+fi
+
 work=$(mktemp -d "${TMPDIR:-/tmp}/ambishare-quickstart.XXXXXX")
 pids=()
 cleanup() {
+    status=$?
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # SIGTERM first (graceful shutdown), SIGKILL what is still there after 10 s.
+    for _ in $(seq 1 100); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    if [ "$status" != 0 ]; then
+        for log in "$work"/*.log; do
+            [ -f "$log" ] && { echo "--- last lines of $(basename "$log")" >&2; tail -n 20 "$log" >&2; }
+        done
+        echo "quickstart failed (exit $status)" >&2
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -45,12 +67,14 @@ wait_port() {
 
 registry_port=$(free_port)
 owner_port=$(free_port)
-registry="http://127.0.0.1:$registry_port"
+registry="https://localhost:$registry_port"
 owner="https://127.0.0.1:$owner_port"
 
-say "registry on $registry (plaintext on loopback; its content is public and every entry is signed)"
-"$bin/ambishare-registry" serve --data-dir "$work/registry" --listen "127.0.0.1:$registry_port" --danger-plaintext \
-    >"$work/registry.log" 2>&1 &
+say "registry on $registry (TLS, with a certificate made by ambishare-registry tls-cert)"
+"$bin/ambishare-registry" tls-cert --out "$work/registry-tls" --name localhost >/dev/null
+registry_ca="$work/registry-tls/ca.pem"
+"$bin/ambishare-registry" serve --data-dir "$work/registry" --listen "127.0.0.1:$registry_port" \
+    --tls-cert "$work/registry-tls/tls.pem" --tls-key "$work/registry-tls/tls.key" >"$work/registry.log" 2>&1 &
 pids+=($!)
 wait_port "$registry_port"
 
@@ -61,8 +85,8 @@ pids+=($!)
 wait_port "$owner_port"
 
 say "owner: publishing deploy/samples with $model"
-"$bin/ambishare-owner" --home "$work/owner" publish --owner "$owner" --registry "$registry" --dataset samples \
-    --model "$model" --ids-out "$work/ids.tsv" deploy/samples
+"$bin/ambishare-owner" --home "$work/owner" publish --owner "$owner" --registry "$registry" \
+    --registry-ca "$registry_ca" --dataset samples --model "$model" --ids-out "$work/ids.tsv" deploy/samples
 
 say "parties: alice (full) and bob (preview) enroll; the owner grants them"
 for party in alice bob; do
@@ -73,14 +97,15 @@ done
 "$bin/ambishare-owner" --home "$work/owner" grant --owner "$owner" --csr "$work/bob/party.csr" --party bob \
     --dataset samples --tier preview --out "$work/bob/party.pem"
 
-rm -rf "$out" && mkdir -p "$out"
+rm -rf "$out" && mkdir -p "$out" && touch "$out/$marker"
 for party in alice bob; do
     say "$party pulls"
-    "$bin/ambishare-client" --home "$work/$party" pull --registry "$registry" --owner "$owner" --dataset samples \
-        --out "$out/$party" --quiet
+    "$bin/ambishare-client" --home "$work/$party" pull --registry "$registry" --registry-ca "$registry_ca" \
+        --owner "$owner" --dataset samples --out "$out/$party" --quiet
 done
 say "the public browses (no key: every nonzero, real and fake)"
-"$bin/ambishare-client" --home "$work/public" browse --registry "$registry" --dataset samples --out "$out/public" --quiet
+"$bin/ambishare-client" --home "$work/public" browse --registry "$registry" --registry-ca "$registry_ca" \
+    --dataset samples --out "$out/public" --quiet
 
 say "picture and table"
 cp "$work/ids.tsv" "$out/ids.tsv"
@@ -91,4 +116,4 @@ say "audit log of the owner"
 "$bin/ambishare-owner" --home "$work/owner" audit --owner "$owner" --limit 10
 
 echo
-echo "done: $out/grid.png and $out/table.md"
+echo "done in $SECONDS s: $out/grid.png and $out/table.md"

@@ -40,19 +40,29 @@ impl OwnerKeys {
     async fn signature(&mut self, registry: &RegistryClient, entry: &Entry) -> &'static str {
         let key = match self.0.get(&entry.owner) {
             Some(k) => *k,
-            None => {
-                let k = registry.get_owner(entry.owner).await.ok();
-                self.0.insert(entry.owner, k);
-                k
-            }
+            None => match registry.get_owner(entry.owner).await {
+                Ok(k) => {
+                    self.0.insert(entry.owner, Some(k));
+                    Some(k)
+                }
+                // Only "not registered" is remembered: a transient error is tried again.
+                Err(ambishare_registry::Error::Rpc(status)) if status.code() == tonic::Code::NotFound => {
+                    self.0.insert(entry.owner, None);
+                    None
+                }
+                Err(_) => None,
+            },
         };
         match key {
-            Some(k) if entry.verify(&k).is_ok() => "valid",
+            Some(k) if entry.verify(&k).is_ok() => VALID,
             Some(_) => "BAD",
             None => "owner unknown",
         }
     }
 }
+
+/// What [`OwnerKeys::signature`] says of an entry whose signature verifies.
+const VALID: &str = "valid";
 
 fn line(entry: &Entry, signature: &str) -> String {
     let shape = entry.code.shape();
@@ -83,7 +93,7 @@ pub async fn browse(opts: &BrowseOptions) -> Result<String> {
     let mut stream = registry.stream_entries(opts.owner, opts.dataset.as_ref(), None).await?;
     let bar = progress_bar(opts.progress && opts.out.is_some(), "browse");
     let mut report = String::new();
-    let mut seen = 0u64;
+    let (mut seen, mut written, mut skipped, mut failed) = (0u64, 0u64, 0u64, 0u64);
     while let Some(item) = stream.next().await {
         if opts.limit > 0 && seen >= opts.limit {
             break;
@@ -100,19 +110,46 @@ pub async fn browse(opts: &BrowseOptions) -> Result<String> {
         };
         let signature = owners.signature(&registry, &entry).await;
         let _ = writeln!(report, "{}", line(&entry, signature));
-        if let Some(out) = &opts.out {
-            let runner = models.get(&registry, entry.model).await?;
-            let path = out.join(format!("{}.png", entry.id));
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let public = entry.code.to_sparse()?;
-                let image = decode_image(&runner, &public, entry.width, entry.height)?;
-                write_png(&image, &path)
-            })
-            .await??;
+        let Some(out) = &opts.out else { continue };
+        // The decoder an entry names runs here: only for entries its owner signed.
+        if signature != VALID {
+            skipped += 1;
+            continue;
+        }
+        let id = entry.id;
+        let rendered = match models.get(&registry, entry.model).await {
+            Ok(runner) => {
+                let path = out.join(format!("{id}.png"));
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    let public = entry.code.to_sparse()?;
+                    let image = decode_image(&runner, &public, entry.width, entry.height)?;
+                    write_png(&image, &path)
+                })
+                .await
+                .map_err(crate::Error::from)
+                .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        match rendered {
+            Ok(()) => written += 1,
+            Err(e) => {
+                let _ = writeln!(report, "not rendered {id}: {e}");
+                failed += 1;
+            }
         }
     }
     bar.finish_and_clear();
     let _ = writeln!(report, "{seen} entries");
+    if let Some(out) = &opts.out {
+        let _ = writeln!(report, "{written} public decodes in {}", out.display());
+        if skipped > 0 {
+            let _ = writeln!(report, "{skipped} entries without a valid owner signature were not rendered");
+        }
+        if failed > 0 {
+            let _ = writeln!(report, "{failed} entries failed to render");
+        }
+    }
     Ok(report)
 }
 

@@ -242,6 +242,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let summary = pull::pull(&opts).await?;
             print!("{}", summary.report());
             println!("images in {}", opts.out.display());
+            if summary.has_problems() {
+                return Err(Error::Incomplete(format!(
+                    "{} entries with a bad signature, {} failures (listed above)",
+                    summary.bad_signature.len(),
+                    summary.failed.len()
+                )));
+            }
         }
         Command::Browse(args) => {
             let registry = Registry::resolve(args.registry, &file, &home)?;

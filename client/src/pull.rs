@@ -55,6 +55,12 @@ impl PullSummary {
         self.decoded.values().sum()
     }
 
+    /// Whether something went wrong (a forged entry, a failure); entries the
+    /// party has no key for are no fault.
+    pub fn has_problems(&self) -> bool {
+        !self.bad_signature.is_empty() || !self.failed.is_empty()
+    }
+
     /// A few lines for the terminal.
     pub fn report(&self) -> String {
         let mut out = format!("decoded {} entries", self.decoded_total());
@@ -153,10 +159,11 @@ async fn unlock_and_decode(
     let mut work: Vec<(Entry, SupportKey, Arc<ModelRunner>)> = Vec::new();
     for (entry, (_, answer)) in chunk.into_iter().zip(answers) {
         match answer {
-            Ok(key) => {
-                let runner = models.get(registry, entry.model).await?;
-                work.push((entry, key, runner));
-            }
+            // A model that cannot be fetched fails its entries, not the pull.
+            Ok(key) => match models.get(registry, entry.model).await {
+                Ok(runner) => work.push((entry, key, runner)),
+                Err(e) => summary.failed.push((entry.id.to_string(), format!("model {}: {e}", entry.model))),
+            },
             Err(denial) => summary.denied.entry(denial).or_default().push(entry.id),
         }
     }

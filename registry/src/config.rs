@@ -197,6 +197,24 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print what a data directory holds, then exit (the server must not be running).
     Stats(StatsArgs),
+    /// Make a CA and a server certificate for `serve --tls-cert/--tls-key`, when
+    /// the deployment has no CA of its own: writes ca.pem (what clients trust,
+    /// their --registry-ca), ca.key, tls.pem and tls.key (keys 0600).
+    TlsCert(TlsCertArgs),
+}
+
+/// Flags of `tls-cert`.
+#[derive(Debug, Args)]
+pub struct TlsCertArgs {
+    /// Directory to write the four files to (created; existing files are not overwritten).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Host name or IP address clients use to reach the registry (repeat for more).
+    #[arg(long = "name", value_name = "NAME", required = true)]
+    pub names: Vec<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 825, value_name = "DAYS")]
+    pub days: u32,
 }
 
 /// Flags of `serve`. Every flag may also come from its environment variable
@@ -343,7 +361,7 @@ mod tests {
         let cli = Cli::try_parse_from([&["ambishare-registry", "serve"], args].concat()).unwrap();
         match cli.command {
             Command::Serve(a) => a,
-            Command::Stats(_) => panic!("parsed as stats"),
+            other => panic!("parsed as {other:?}"),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod error;
 pub mod metrics;
 mod service;
 pub mod store;
+pub mod tls_cert;
 mod writer;
 
 pub use client::{ClientTlsOptions, EntryPage, FetchedModel, PublishAck, PublishOutcome, RegistryClient};
@@ -252,6 +253,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
             serve(config, listener, shutdown_signal()).await
+        }
+        Command::TlsCert(args) => {
+            let written = tls_cert::make(&args.out, &args.names, args.days)?;
+            println!("server certificate: {} (serve --tls-cert)", written.server_cert.display());
+            println!("server key:         {} (serve --tls-key)", written.server_key.display());
+            println!(
+                "CA certificate:     {} (give it to owners and parties: --registry-ca)",
+                written.ca_cert.display()
+            );
+            Ok(())
         }
         Command::Stats(args) => {
             let config = args.resolve()?;

@@ -673,26 +673,17 @@ async fn models_round_trip_by_hash_and_bad_uploads_are_refused() {
     .await;
 }
 
-/// A CA, and a certificate for "localhost" it signed, with its key (PEM).
-fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_mode_works_and_plaintext_clients_are_refused() {
     timed(async {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let (ca_pem, cert_pem, key_pem) = certificates();
-        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert_path, cert_pem).unwrap();
-        std::fs::write(&key_path, key_pem).unwrap();
+        // The certificates `ambishare-registry tls-cert` makes.
+        let made = ambishare_registry::tls_cert::make(&dir.path().join("tls"), &["localhost".into()], 30).unwrap();
+        assert!(ambishare_registry::tls_cert::make(&dir.path().join("tls"), &["localhost".into()], 30).is_err());
+        let ca_pem = std::fs::read_to_string(&made.ca_cert).unwrap();
+        let (cert_path, key_path) = (made.server_cert, made.server_key);
+        assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
         let tls_config = |c: Config| Config {
             data_dir: dir.path().join("data"),
             tls_cert: Some(cert_path.clone()),
@@ -725,7 +716,8 @@ async fn tls_mode_works_and_plaintext_clients_are_refused() {
         };
         assert!(plaintext.await.is_err(), "a plaintext client was served on the TLS port");
         // A client that does not trust the CA is refused too.
-        let (other_ca, _, _) = certificates();
+        let other = ambishare_registry::tls_cert::make(&dir.path().join("other"), &["localhost".into()], 30).unwrap();
+        let other_ca = std::fs::read_to_string(other.ca_cert).unwrap();
         let untrusting = async {
             let tls = ClientTlsOptions { ca_pem: other_ca.into_bytes(), domain: Some("localhost".into()) };
             let c = RegistryClient::connect(&format!("https://127.0.0.1:{port}"), Some(tls)).await?;

@@ -27,7 +27,8 @@ pub fn read_ids(path: &Path) -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// Writes `out/grid.png` (rows: samples; columns: original, then each set;
-/// a missing decode is a grey cell) and returns a markdown table of PSNR/SSIM.
+/// a missing decode is a grey cell) and returns a markdown table of PSNR/SSIM;
+/// an error, after writing both, when a set lacks a decode.
 pub fn quickstart_grid(ids: &[(String, PathBuf)], sets: &[DecodeSet], out: &Path) -> Result<String> {
     let mut originals = Vec::new();
     let mut decodes: Vec<Vec<Option<image::RgbImage>>> = Vec::new();
@@ -92,5 +93,15 @@ pub fn quickstart_grid(ids: &[(String, PathBuf)], sets: &[DecodeSet], out: &Path
     let names: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
     let text = format!("Columns of grid.png: original, {}.\n\n{md}", names.join(", "));
     std::fs::write(out.join("table.md"), &text).map_err(|e| Error::io("writing table.md", e))?;
+    // Written either way (to look at); a set with a missing decode is a failed run.
+    let incomplete: Vec<String> = sets
+        .iter()
+        .zip(&sums)
+        .filter(|(_, (_, _, n))| *n < ids.len())
+        .map(|(set, (_, _, n))| format!("{}: {n} of {} images", set.name, ids.len()))
+        .collect();
+    if !incomplete.is_empty() {
+        return Err(Error::Other(format!("decodes missing ({}); see {}", incomplete.join(", "), out.display())));
+    }
     Ok(text)
 }
