@@ -127,3 +127,51 @@ fn binary_seeds_decode_under_the_current_formats() {
         assert!(ok, "{} does not decode under the current formats", path.display());
     }
 }
+
+/// A short fuzz smoke of every target on every `cargo test` (CI has no time
+/// for cargo-fuzz's nightly build): seeded random mutations of each seed
+/// (bit flips, byte overwrites with boundary values, insertions, deletions,
+/// truncations, splices of two seeds) through the target's own checks. The
+/// long runs are `deploy/fuzz.sh`.
+#[test]
+fn fuzz_smoke_of_every_target() {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    const MUTANTS_PER_TARGET: usize = 3000;
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_f022);
+    let root = testdata();
+    for (target, check) in fuzz_cases::TARGETS {
+        let seeds: Vec<Vec<u8>> = [root.join(target), root.join("seeds").join(target)]
+            .iter()
+            .flat_map(|dir| files(dir))
+            .map(|path| std::fs::read(path).unwrap())
+            .collect();
+        assert!(!seeds.is_empty(), "no seeds for {target}");
+        for round in 0..MUTANTS_PER_TARGET {
+            let mut data = seeds[round % seeds.len()].clone();
+            for _ in 0..rng.random_range(1..=4) {
+                let len = data.len();
+                match rng.random_range(0..6) {
+                    0 if len > 0 => data[rng.random_range(0..len)] ^= 1 << rng.random_range(0..8),
+                    1 if len > 0 => data[rng.random_range(0..len)] = [0, 1, 0x7f, 0x80, 0xff][rng.random_range(0..5)],
+                    2 => data.insert(rng.random_range(0..=len), rng.random()),
+                    3 if len > 0 => {
+                        data.remove(rng.random_range(0..len));
+                    }
+                    4 => data.truncate(rng.random_range(0..=len)),
+                    _ => {
+                        let other = &seeds[rng.random_range(0..seeds.len())];
+                        let cut = rng.random_range(0..=len.min(other.len()));
+                        data.splice(cut.., other[cut..].iter().copied());
+                    }
+                }
+            }
+            let outcome = std::panic::catch_unwind(|| check(&data));
+            assert!(outcome.is_ok(), "{target}: mutant {round} panicked: {}", hex(&data));
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(512).map(|b| format!("{b:02x}")).collect()
+}
