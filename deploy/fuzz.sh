@@ -5,7 +5,7 @@
 #
 #   deploy/fuzz.sh                      # every target, 10 minutes each, one after the other
 #   deploy/fuzz.sh --seconds 30 entry   # one target, 30 s
-#   deploy/fuzz.sh --smoke              # every target 15 s, no sanitizer (CI)
+#   deploy/fuzz.sh --smoke              # every target 15 s, no sanitizer (a quick look)
 #   deploy/fuzz.sh --jobs 2             # run two targets at a time
 #
 # The corpus starts from shared/testdata/fuzz/seeds/<target>/ and grows in

@@ -39,7 +39,7 @@ fn args() -> Args {
     let mut a = Args {
         model: env("AMBISHARE_BENCH_MODEL")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/tiny_model")),
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/photo64")),
         images: env("AMBISHARE_BENCH_IMAGES").and_then(|v| v.parse().ok()).unwrap_or(256),
         size: env("AMBISHARE_BENCH_SIZE").and_then(|v| v.parse().ok()).unwrap_or(64),
         calls: env("AMBISHARE_BENCH_CALLS").and_then(|v| v.parse().ok()).unwrap_or(2000),

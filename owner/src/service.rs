@@ -97,6 +97,7 @@ pub async fn serve(
         admin_fingerprint,
         admin,
         audit_sync: config.audit_sync,
+        audit_flush: GroupFlush::default(),
         preview_k: Mutex::new(HashMap::new()),
         publisher: Publisher::new(store.clone(), keyring, signing),
         publish_slot: Arc::new(tokio::sync::Mutex::new(())),
@@ -129,6 +130,40 @@ pub async fn serve(
     Ok(())
 }
 
+/// Group commit: a caller that wrote something asks for it to be durable;
+/// one flush at a time covers every write made before it started, so under
+/// load many calls share one flush. (Concurrent `flush_async` calls also
+/// starve sled 0.34's I/O threads: each blocks one waiting for a buffer that
+/// only another of them can write.)
+#[derive(Default)]
+struct GroupFlush {
+    /// Writes counted so far.
+    written: std::sync::atomic::AtomicU64,
+    /// How many of them the last completed flush covered.
+    flushed: tokio::sync::Mutex<u64>,
+}
+
+impl GroupFlush {
+    /// Counts a finished write; returns its mark for [`GroupFlush::durable`].
+    fn written(&self) -> u64 {
+        self.written.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Returns once the write marked `mark` is on disk.
+    async fn durable(&self, store: &Arc<OwnerStore>, mark: u64) -> Result<()> {
+        let mut flushed = self.flushed.lock().await;
+        if *flushed >= mark {
+            return Ok(());
+        }
+        // Every write counted before this point is in the store: the flush covers it.
+        let target = self.written.load(Ordering::Acquire);
+        let store = store.clone();
+        blocking(move || store.flush()).await?;
+        *flushed = target;
+        Ok(())
+    }
+}
+
 struct State {
     store: Arc<OwnerStore>,
     keyring: Arc<Keyring>,
@@ -137,6 +172,8 @@ struct State {
     admin_fingerprint: Fingerprint,
     admin: AdminOps,
     audit_sync: bool,
+    /// Group commit of the audit log (when `audit_sync`).
+    audit_flush: GroupFlush,
     /// k of preview keys per model (None: the model is unknown here).
     preview_k: Mutex<HashMap<ModelId, Option<u16>>>,
     publisher: Publisher,
@@ -370,9 +407,15 @@ impl KeyService for KeyServiceImpl {
             return Err(Error::invalid("entry ids", format!("at most {MAX_IDS_PER_CALL} per call")).into());
         }
         let state = self.0.clone();
-        let answer = blocking(move || state.get_keys(peer, ids, &span)).await;
+        let answer = blocking(move || {
+            let answer = state.get_keys(peer, ids, &span);
+            // Marked after the audit records were written, whatever the answer.
+            Ok((answer, state.audit_flush.written()))
+        })
+        .await;
+        let (answer, mark) = answer?;
         if self.0.audit_sync {
-            self.0.store.flush_async().await?;
+            self.0.audit_flush.durable(&self.0.store, mark).await?;
         }
         Ok(Response::new(answer?))
     }

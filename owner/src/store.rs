@@ -106,6 +106,10 @@ pub struct OwnerStore {
     audit: sled::Tree,
     models: sled::Tree,
     meta: sled::Tree,
+    /// The last audit sequence number handed out. Appends take it in turn:
+    /// sled 0.34's `generate_id` deadlocked under concurrent writers (seen with
+    /// 64 parties calling GetKeys at once).
+    audit_seq: std::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for OwnerStore {
@@ -166,6 +170,15 @@ impl OwnerStore {
             }
         };
         let tree = |name: &str| db.open_tree(name);
+        let audit = tree("audit")?;
+        let last_seq = match audit.last()? {
+            Some((key, _)) => {
+                let bytes: [u8; 8] =
+                    key.as_ref().try_into().map_err(|_| Error::corrupt("audit", "key of the wrong length"))?;
+                u64::from_be_bytes(bytes)
+            }
+            None => 0,
+        };
         Ok(OwnerStore {
             sources: tree("sources")?,
             entries: tree("entries")?,
@@ -173,9 +186,10 @@ impl OwnerStore {
             keys: tree("keys")?,
             grants: tree("grants")?,
             certs: tree("certs")?,
-            audit: tree("audit")?,
+            audit,
             models: tree("models")?,
             meta: tree("meta")?,
+            audit_seq: std::sync::Mutex::new(last_seq),
             db,
         })
     }
@@ -425,18 +439,22 @@ impl OwnerStore {
     // ---- audit
 
     /// Appends events in one batch, giving each the next sequence number.
-    /// Not flushed: call [`OwnerStore::flush_async`] where durability matters.
+    /// Not flushed: flush where durability matters (the key service group-commits).
     pub fn append_audit(&self, events: &mut [AuditEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        // Held until the records are in, so they land in sequence order. Plain
+        // inserts, not a batch: sled's batches take its process-wide write
+        // lock, which deadlocked against the many readers of a loaded key
+        // service (sled 0.34, issue #1412); inserts only read-lock it.
+        let mut seq = self.audit_seq.lock().map_err(|_| Error::Internal("audit sequence lock poisoned".into()))?;
         for event in events.iter_mut() {
-            // +1: sequence numbers start at 1, so `after_seq = 0` means "from the start".
-            event.seq = self.db.generate_id()? + 1;
-            batch.insert(event.seq.to_be_bytes().as_slice(), pb::AuditEvent::from(&*event).encode_to_vec());
+            // Sequence numbers start at 1, so `after_seq = 0` means "from the start".
+            *seq += 1;
+            event.seq = *seq;
+            self.audit.insert(event.seq.to_be_bytes(), pb::AuditEvent::from(&*event).encode_to_vec())?;
         }
-        self.audit.apply_batch(batch)?;
         Ok(())
     }
 
