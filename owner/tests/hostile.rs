@@ -80,16 +80,6 @@ fn enroll_offline(store: &OwnerStore, party: &str, dataset: &str, cert: &Forged)
     store.put_grant(&grant, Some(&record)).unwrap();
 }
 
-fn key_bytes(r: &pb::GetKeysResponse) -> usize {
-    r.results
-        .iter()
-        .map(|k| match &k.result {
-            Some(pb::key_result::Result::Key(b)) => b.len(),
-            _ => 0,
-        })
-        .sum()
-}
-
 /// Asks for keys over a fresh connection with a certificate; the key bytes
 /// released, or the error (handshake or call) that refused the certificate.
 async fn ask(url: &str, ca: &str, cert: &str, key: &str, ids: &[EntryId]) -> Result<usize, String> {

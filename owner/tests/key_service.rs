@@ -153,16 +153,6 @@ async fn preview_grant_gets_preview_keys_only() {
     .await;
 }
 
-fn key_bytes(r: &pb::GetKeysResponse) -> usize {
-    r.results
-        .iter()
-        .map(|k| match &k.result {
-            Some(pb::key_result::Result::Key(b)) => b.len(),
-            _ => 0,
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_clients_get_no_key_bytes() {
     within(async {

@@ -6,34 +6,13 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use ambishare_proto::registry::v1 as rpb;
 use ambishare_proto::types::v1 as pb;
 use ambishare_registry::{Config, Stats};
 use ambishare_shared::EntryId;
 use ambishare_shared::entry::deletion_bytes;
 use common::*;
-use futures::stream;
 use tonic::Code;
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
-/// Publishes raw messages over one stream; the acknowledgements, or the status that ended it.
-async fn raw_publish(
-    client: &ambishare_registry::RegistryClient,
-    messages: Vec<Vec<pb::Entry>>,
-) -> Result<Vec<rpb::PublishAck>, tonic::Status> {
-    let requests = stream::iter(messages.into_iter().map(|entries| rpb::PublishRequest { entries }));
-    let mut acks = client.raw().publish(requests).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(ack) = acks.message().await? {
-        out.push(ack);
-    }
-    Ok(out)
-}
 
 /// Every entry id, through one large ListEntries page.
 async fn listed(f: &Fixture) -> Vec<String> {

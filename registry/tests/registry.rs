@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ambishare_proto::registry::v1 as rpb;
 use ambishare_proto::types::v1 as pb;
@@ -22,30 +21,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tonic::Code;
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
 fn ids(entries: &[Entry]) -> Vec<EntryId> {
     entries.iter().map(|e| e.id).collect()
 }
 
 fn dataset(name: &str) -> DatasetName {
     name.parse().unwrap()
-}
-
-/// Publishes raw messages over one stream; the acknowledgements, or the status that ended it.
-async fn raw_publish(
-    client: &RegistryClient,
-    messages: Vec<Vec<pb::Entry>>,
-) -> Result<Vec<rpb::PublishAck>, tonic::Status> {
-    let requests = stream::iter(messages.into_iter().map(|entries| rpb::PublishRequest { entries }));
-    let mut acks = client.raw().publish(requests).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(ack) = acks.message().await? {
-        out.push(ack);
-    }
-    Ok(out)
 }
 
 /// Every entry of an owner, through ListEntries pages of `page_size`.

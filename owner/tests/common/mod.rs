@@ -229,3 +229,15 @@ pub fn true_code(file: &Path) -> SparseCode {
     let dense = runner.encode_tiles(&tiles, grid.count()).unwrap();
     SparseCode::top_k(&dense, CodeShape::new(grid.count() as u32, m.maps, m.dim).unwrap(), m.k).unwrap()
 }
+
+/// Key bytes in an answer (zero when every id was denied).
+pub fn key_bytes(r: &ambishare_proto::owner::v1::GetKeysResponse) -> usize {
+    use ambishare_proto::owner::v1::key_result::Result as Answer;
+    r.results
+        .iter()
+        .map(|k| match &k.result {
+            Some(Answer::Key(b)) => b.len(),
+            _ => 0,
+        })
+        .sum()
+}

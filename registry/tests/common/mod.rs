@@ -220,3 +220,23 @@ impl Fixture {
         Fixture { dir, node, client, key, model }
     }
 }
+
+/// Milliseconds since the Unix epoch, as requests carry them.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Publishes raw messages over one stream; the acknowledgements, or the status that ended it.
+pub async fn raw_publish(
+    client: &RegistryClient,
+    messages: Vec<Vec<ambishare_proto::types::v1::Entry>>,
+) -> Result<Vec<ambishare_proto::registry::v1::PublishAck>, tonic::Status> {
+    use ambishare_proto::registry::v1::PublishRequest;
+    let requests = futures::stream::iter(messages.into_iter().map(|entries| PublishRequest { entries }));
+    let mut acks = client.raw().publish(requests).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(ack) = acks.message().await? {
+        out.push(ack);
+    }
+    Ok(out)
+}

@@ -70,6 +70,19 @@ pub enum Signs {
 /// nonzeros), with published magnitudes and signs set as `signs` says.
 pub fn choose(public: &AmbiguatedCode, chosen: &[Vec<u16>], signs: Signs, stats: &CodeStats) -> Result<SparseCode> {
     let values = public.values();
+    picked(public, chosen, |map, j, p| match signs {
+        Signs::Published => values[j],
+        Signs::Prior => values[j].abs() * stats.prior_sign(map, p),
+    })
+}
+
+/// The k-sparse code of the chosen nonzeros (indices into each map's public
+/// nonzeros), each valued `value(map, index into the public values, position)`.
+fn picked(
+    public: &AmbiguatedCode,
+    chosen: &[Vec<u16>],
+    value: impl Fn(usize, usize, u16) -> f32,
+) -> Result<SparseCode> {
     let n = public.nnz() as usize;
     let k = chosen.first().map_or(0, Vec::len);
     let (mut positions, mut out) = (Vec::new(), Vec::new());
@@ -80,10 +93,7 @@ pub fn choose(public: &AmbiguatedCode, chosen: &[Vec<u16>], signs: Signs, stats:
             let j = map * n + i as usize;
             let p = public.positions()[j];
             positions.push(p);
-            out.push(match signs {
-                Signs::Published => values[j],
-                Signs::Prior => values[j].abs() * stats.prior_sign(map, p),
-            });
+            out.push(value(map, j, p));
         }
     }
     Ok(SparseCode::from_parts(public.shape(), k as u16, positions, out)?)
@@ -153,19 +163,10 @@ pub fn reencode_consistency(
         let dense = runner.encode_tiles(&tiles, grid.count())?;
         let score = |map: usize, i: usize| dense[map * m + public.positions()[map * n + i] as usize].abs();
         let chosen = top_by_score(public.shape(), n, k as usize, score);
-        let (mut positions, mut vals) = (Vec::new(), Vec::new());
-        for (map, picks) in chosen.iter().enumerate() {
-            let mut picks = picks.clone();
-            picks.sort_unstable();
-            for i in picks {
-                let j = map * n + i as usize;
-                let p = public.positions()[j];
-                positions.push(p);
-                let sign = if signs_scrambled { dense[map * m + p as usize].signum() } else { values[j].signum() };
-                vals.push(values[j].abs() * if sign == 0.0 { 1.0 } else { sign });
-            }
-        }
-        current = SparseCode::from_parts(public.shape(), k, positions, vals)?;
+        current = picked(public, &chosen, |map, j, p| {
+            let sign = if signs_scrambled { dense[map * m + p as usize].signum() } else { values[j].signum() };
+            values[j].abs() * if sign == 0.0 { 1.0 } else { sign }
+        })?;
         out.push(current.clone());
     }
     Ok(out)
