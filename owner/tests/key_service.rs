@@ -108,6 +108,20 @@ async fn granted_party_gets_exactly_its_keys_and_they_disambiguate() {
         assert!(events.iter().any(|e| e.denial == Some(Denial::UnknownEntry) && e.entry_id == unknown.to_string()));
         assert!(events.iter().any(|e| e.denial == Some(Denial::InvalidId)));
         assert!(events.iter().all(|e| e.party == "lab-a"));
+
+        // Thousands of ids in one call: each answered, in order, on its own.
+        let mut many: Vec<String> = (0..5_000).map(|_| EntryId::new().to_string()).collect();
+        many[1234] = w.alpha[1].1.to_string();
+        let r = raw.get_keys(pb::GetKeysRequest { entry_ids: many.clone() }).await.unwrap().into_inner();
+        assert_eq!(r.results.len(), many.len());
+        assert!(r.results.iter().zip(&many).all(|(answer, id)| &answer.entry_id == id));
+        let denied = pb::key_result::Result::Denial(pb::Denial::UnknownEntry as i32);
+        for (i, answer) in r.results.iter().enumerate() {
+            match i {
+                1234 => assert!(matches!(answer.result, Some(pb::key_result::Result::Key(_)))),
+                _ => assert_eq!(answer.result.as_ref(), Some(&denied)),
+            }
+        }
         node.stop().await;
         w.registry.stop().await;
     })
