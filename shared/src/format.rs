@@ -83,26 +83,25 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    /// LEB128, at most `max` (and canonical: no redundant trailing zero groups).
+    /// LEB128, at most `max`, and canonical: re-encoding the value must give
+    /// the same bytes (the decoder alone would let high bits of a tenth byte
+    /// fall off, so two encodings could name one value).
     pub fn varint(&mut self, what: &str, max: u64) -> Result<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8(what)?;
-            if shift == 63 && b > 1 {
-                return Err(self.err(format!("{what} overflows")));
-            }
-            v |= ((b & 0x7f) as u64) << shift;
-            if b & 0x80 == 0 {
-                if b == 0 && shift > 0 {
-                    return Err(self.err(format!("{what} is not minimally encoded")));
-                }
-                if v > max {
-                    return Err(self.err(format!("{what} {v} exceeds {max}")));
-                }
-                return Ok(v);
-            }
+        use unsigned_varint::decode::Error as Leb;
+        let (v, rest) = unsigned_varint::decode::u64(self.buf).map_err(|e| match e {
+            Leb::Insufficient => self.err(format!("truncated in {what}")),
+            Leb::NotMinimal => self.err(format!("{what} is not minimally encoded")),
+            _ => self.err(format!("{what} overflows")),
+        })?;
+        let used = self.buf.len() - rest.len();
+        if unsigned_varint::encode::u64(v, &mut unsigned_varint::encode::u64_buffer()) != &self.buf[..used] {
+            return Err(self.err(format!("{what} overflows")));
         }
-        Err(self.err(format!("{what} overflows")))
+        if v > max {
+            return Err(self.err(format!("{what} {v} exceeds {max}")));
+        }
+        self.buf = rest;
+        Ok(v)
     }
 
     pub fn remaining(&self) -> usize {
@@ -131,16 +130,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn push_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
+fn push_varint(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(unsigned_varint::encode::u64(v, &mut unsigned_varint::encode::u64_buffer()));
 }
 
 /// Appends the CRC-32 of everything in `out`.

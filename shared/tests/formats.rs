@@ -307,6 +307,11 @@ fn rejects_key_with_nonzero_padding_or_bad_rank() {
     long.extend_from_slice(&[0x81, 0x00]);
     long.extend_from_slice(&bytes[6..]);
     assert!(key_error(long).contains("minimally"));
+    // Ten bytes whose high bits fall off a u64: would read as tiles = 1.
+    let mut wrapped = bytes[..5].to_vec();
+    wrapped.extend_from_slice(&[0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]);
+    wrapped.extend_from_slice(&bytes[6..]);
+    assert!(key_error(wrapped).contains("overflows"));
     let mut flipped = bytes.clone();
     flipped[last] ^= 0x80;
     assert!(SupportKey::decode(&flipped).unwrap_err().to_string().contains("checksum mismatch"));
