@@ -10,7 +10,9 @@
 //! (claimed name, reason) in a minute's window, and at most
 //! [`MAX_REFUSALS_PER_WINDOW`] in a window in all; the next record counts
 //! those left out (the log still grows, by at most that many a minute). A peer without any
-//! certificate is refused by rustls before the verifier runs, and not recorded.
+//! certificate is refused by rustls before the verifier runs; the accept loop
+//! sees that handshake error and records it under the party
+//! [`NO_CERTIFICATE`], one record per peer address in a window.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
@@ -40,12 +42,22 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 256;
 /// Audit action of a certificate refused in the handshake.
 pub const AUDIT_ACTION: &str = "TlsHandshake";
+/// The party recorded for a peer that sent no certificate.
+pub const NO_CERTIFICATE: &str = "no certificate";
 /// Window of the rate limit on recorded refusals.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// Refusals recorded per window; more are counted and noted in the next record.
 pub const MAX_REFUSALS_PER_WINDOW: u32 = 120;
 /// Longest reason text copied into a record.
 const MAX_REASON_LEN: usize = 240;
+
+/// The key service's TLS: the rustls configuration and the audit log of the
+/// handshakes it refuses (the verifier's, and the accept loop's).
+#[derive(Clone, Debug)]
+pub struct KeyServiceTls {
+    pub config: Arc<ServerConfig>,
+    refusals: Arc<RefusalLog>,
+}
 
 /// The server's TLS configuration: its certificate, client certificates
 /// required and verified against the client CA, refusals audited into `store`.
@@ -54,7 +66,7 @@ pub fn server_config(
     server_key_pem: &str,
     client_ca_pem: &str,
     store: Weak<OwnerStore>,
-) -> Result<Arc<ServerConfig>> {
+) -> Result<KeyServiceTls> {
     let tls_err = |what: &str, e: rustls::Error| Error::Certificate(format!("{what}: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -64,7 +76,8 @@ pub fn server_config(
     let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| Error::Certificate(format!("client certificate verifier: {e}")))?;
-    let verifier = Arc::new(AuditedVerifier { inner: webpki, store, limiter: Mutex::new(RefusalLimiter::default()) });
+    let refusals = Arc::new(RefusalLog { store, limiter: Mutex::new(RefusalLimiter::default()) });
+    let verifier = Arc::new(AuditedVerifier { inner: webpki, refusals: refusals.clone() });
     let key = PrivateKeyDer::from_pem_slice(server_key_pem.as_bytes())
         .map_err(|e| Error::Certificate(format!("server key: not a PEM private key: {e}")))?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -74,7 +87,7 @@ pub fn server_config(
         .with_single_cert(pem_certs(server_cert_pem, "server certificate")?, key)
         .map_err(|e| tls_err("server certificate", e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok(KeyServiceTls { config: Arc::new(config), refusals })
 }
 
 fn pem_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>> {
@@ -92,16 +105,17 @@ fn pem_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>> {
 /// connections whose handshake succeeded. Abort the task to stop accepting.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    tls: KeyServiceTls,
 ) -> (ReceiverStream<std::io::Result<TlsStream<TcpStream>>>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
+    let task = tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls.config), tls.refusals, tx));
     (ReceiverStream::new(rx), task)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    refusals: Arc<RefusalLog>,
     tx: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
 ) {
     // Dropping the set (the task ends or is aborted) aborts the handshakes in flight.
@@ -128,17 +142,30 @@ async fn accept_loop(
         };
         // Without it a multi-segment answer waits on the peer's delayed ACK (~40 ms).
         let _ = tcp.set_nodelay(true);
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        let (acceptor, refusals, tx) = (acceptor.clone(), refusals.clone(), tx.clone());
         handshakes.spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let _ = tx.send(Ok(tls)).await;
                 }
+                Ok(Err(e)) if presented_no_certificate(&e) => refusals.record(
+                    NO_CERTIFICATE,
+                    &peer.ip().to_string(),
+                    "no client certificate",
+                    &format!("the peer at {} sent none", peer.ip()),
+                ),
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
+}
+
+/// Whether a failed handshake is rustls refusing a client that sent no certificate.
+fn presented_no_certificate(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::NoCertificatesPresented))
 }
 
 /// Which refusals are recorded: one per key (claimed name and reason) per
@@ -185,12 +212,44 @@ fn category(error: &rustls::Error) -> &'static str {
     }
 }
 
-/// The WebPKI client-certificate verifier, recording what it refuses in the audit log.
-pub struct AuditedVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+/// Handshake refusals into the audit log, rate limited.
+#[derive(Debug)]
+struct RefusalLog {
     /// Weak: connections outliving the node must not hold its store open.
     store: Weak<OwnerStore>,
     limiter: Mutex<RefusalLimiter>,
+}
+
+impl RefusalLog {
+    /// Records that `who` (a claimed name, never a secret) was refused for
+    /// `why` (words that do not change between attempts); `source` tells the
+    /// attempts of one `who` apart for the rate limit.
+    fn record(&self, who: &str, source: &str, why: &str, reason: &str) {
+        let admitted = match self.limiter.lock() {
+            Ok(mut limiter) => limiter.admit(&format!("{who}\0{source}\0{why}"), Instant::now()),
+            Err(_) => None,
+        };
+        let Some(left_out) = admitted else {
+            tracing::debug!(peer = %who, %reason, "client refused in the TLS handshake (not recorded: rate limit)");
+            return;
+        };
+        tracing::warn!(peer = %who, %reason, "client refused in the TLS handshake");
+        let Some(store) = self.store.upgrade() else { return };
+        let mut detail = format!("refused in the TLS handshake: {why} ({reason})");
+        if left_out > 0 {
+            detail.push_str(&format!(" ({left_out} earlier refusal(s) not recorded: rate limit)"));
+        }
+        let mut event = AuditEvent::new(AUDIT_ACTION, who).denied("", Denial::CertificateRefused).detail(detail);
+        if let Err(e) = store.append_audit(std::slice::from_mut(&mut event)) {
+            tracing::error!(error = %e, "cannot record a handshake refusal in the audit log");
+        }
+    }
+}
+
+/// The WebPKI client-certificate verifier, recording what it refuses in the audit log.
+pub struct AuditedVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    refusals: Arc<RefusalLog>,
 }
 
 impl std::fmt::Debug for AuditedVerifier {
@@ -204,26 +263,8 @@ impl AuditedVerifier {
     /// only the claimed name, or a fingerprint prefix, and the reason are kept.
     fn refused(&self, cert: &CertificateDer<'_>, error: &rustls::Error) {
         let who = PeerCert::parse(cert.as_ref()).map_or_else(|_| "unreadable certificate".to_owned(), |p| p.describe());
-        let why = category(error);
         let reason: String = error.to_string().chars().filter(|c| !c.is_control()).take(MAX_REASON_LEN).collect();
-        let admitted = match self.limiter.lock() {
-            Ok(mut limiter) => limiter.admit(&format!("{who}\0{why}"), Instant::now()),
-            Err(_) => None,
-        };
-        let Some(left_out) = admitted else {
-            tracing::debug!(peer = %who, %reason, "client certificate refused (not recorded: rate limit)");
-            return;
-        };
-        tracing::warn!(peer = %who, %reason, "client certificate refused");
-        let Some(store) = self.store.upgrade() else { return };
-        let mut detail = format!("refused in the TLS handshake: {why} ({reason})");
-        if left_out > 0 {
-            detail.push_str(&format!(" ({left_out} earlier refusal(s) not recorded: rate limit)"));
-        }
-        let mut event = AuditEvent::new(AUDIT_ACTION, who).denied("", Denial::CertificateRefused).detail(detail);
-        if let Err(e) = store.append_audit(std::slice::from_mut(&mut event)) {
-            tracing::error!(error = %e, "cannot record a refused client certificate in the audit log");
-        }
+        self.refusals.record(&who, "", category(error), &reason);
     }
 
     fn audited<T>(

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ambishare_owner::pki::{Fingerprint, fingerprint};
 use ambishare_owner::store::{OwnerStore, PartyCert};
-use ambishare_owner::tls::AUDIT_ACTION;
+use ambishare_owner::tls::{AUDIT_ACTION, NO_CERTIFICATE};
 use ambishare_owner::types::now_unix_ms;
 use ambishare_owner::{AuditEvent, AuditQuery, AuditResult, Denial, FileOutcome, Grant, PublishEvent};
 use ambishare_proto::owner::v1 as pb;
@@ -149,6 +149,13 @@ async fn certificates_refused_in_the_handshake_get_no_keys_and_are_audited() {
         let stranger = TestOwner::init();
         let other = stranger.admin_identity();
         assert!(ask(&node.url, &ca, &other.cert_pem, &other.key_pem, &ids).await.is_err());
+        // No certificate at all, twice: refused by rustls, recorded once by the accept loop.
+        for _ in 0..2 {
+            if let Ok(mut c) = raw_key_client(&node.url, &ca, None).await {
+                let request = pb::GetKeysRequest { entry_ids: vec![ids[0].to_string()] };
+                assert!(c.get_keys(request).await.is_err(), "served without a client certificate");
+            }
+        }
         // The admin service too refuses an expired certificate in the handshake.
         let expired_admin = ambishare_owner::ClientIdentity {
             cert_pem: expired.cert_pem.clone(),
@@ -168,11 +175,19 @@ async fn certificates_refused_in_the_handshake_get_no_keys_and_are_audited() {
         let refused = ask(&node.url, &ca, &revoked.cert_pem, &revoked.key_pem, &ids).await.unwrap_err();
         assert!(refused.contains("PermissionDenied") && refused.contains("revoked"), "{refused}");
 
-        let events = admin.audit_log(&AuditQuery::default()).await.unwrap();
+        // The accept loop records a missing certificate after the client has seen its refusal.
+        let events = loop {
+            let events = admin.audit_log(&AuditQuery::default()).await.unwrap();
+            if !refusals(&events, NO_CERTIFICATE).is_empty() {
+                break events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert!(events.len() > before);
-        for e in &events {
-            eprintln!("EV {} {} {} {:?} {:?} {}", e.seq, e.action, e.party, e.result, e.denial, e.detail);
-        }
+        let none = refusals(&events, NO_CERTIFICATE);
+        assert_eq!(none.len(), 1, "{none:?}");
+        assert_eq!(none[0].denial, Some(Denial::CertificateRefused));
+        assert!(none[0].detail.contains("no client certificate") && none[0].detail.contains("127.0.0.1"), "{none:?}");
         for (party, words) in [
             ("cn=expired-lab", "certificate expired"),
             ("cn=future-lab", "not valid yet"),
