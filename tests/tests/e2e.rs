@@ -73,6 +73,19 @@ async fn full_preview_public_other_dataset_and_revocation() {
         assert_eq!(a.decoded.get(&Tier::Full), Some(&(samples.len() as u64)), "{}", a.report());
         let b = bob.pull(&registry, &owner, "samples", &out.join("bob")).await.unwrap();
         assert_eq!(b.decoded.get(&Tier::Preview), Some(&(samples.len() as u64)), "{}", b.report());
+        // A cached decoder that no longer matches its hash is fetched again, not run.
+        let cached = std::fs::read_dir(bob.home.join("models")).unwrap().next().unwrap().unwrap().path();
+        let decoder = cached.join("decoder.onnx");
+        let mut bytes = std::fs::read(&decoder).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&decoder, &bytes).unwrap();
+        let again = bob.pull(&registry, &owner, "samples", &out.join("bob-again")).await.unwrap();
+        assert_eq!(again.decoded.get(&Tier::Preview), Some(&(samples.len() as u64)), "{}", again.report());
+        assert!(
+            std::fs::read(&decoder).unwrap() == std::fs::read(model_dir().join("decoder.onnx")).unwrap(),
+            "the tampered cache was not replaced"
+        );
         let c = carol.pull(&registry, &owner, "samples", &out.join("carol")).await.unwrap();
         assert_eq!(c.decoded_total(), 0);
         assert_eq!(c.denied.get(&Denial::NotGranted).map(Vec::len), Some(samples.len()));
