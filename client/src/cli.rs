@@ -97,9 +97,12 @@ pub struct PullArgs {
     /// Only this dataset [default: every dataset of the owner]
     #[arg(long)]
     pub dataset: Option<DatasetName>,
-    /// Where the PNGs go (one <entry-id>.png each)
+    /// Where the PNGs go (one <entry-id>.png each); entries already there are skipped
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Decode again the entries whose PNG is already in --out
+    #[arg(long)]
+    pub redo: bool,
     /// Entries per key request
     #[arg(long, env = "AMBISHARE_CLIENT_BATCH")]
     pub batch: Option<usize>,
@@ -234,6 +237,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 identity,
                 dataset: args.dataset,
                 out: args.out,
+                redo: args.redo,
                 model_cache: registry.model_cache,
                 device: registry.device,
                 batch: pick(args.batch, file.batch, config::DEFAULT_BATCH),

@@ -30,6 +30,9 @@ pub struct PullOptions {
     /// Only this dataset (every dataset the owner published otherwise).
     pub dataset: Option<DatasetName>,
     pub out: PathBuf,
+    /// Decode again entries whose PNG is already in `out` (skipped otherwise,
+    /// so an interrupted pull picks up where it stopped).
+    pub redo: bool,
     pub model_cache: PathBuf,
     pub device: Device,
     /// Entries per key request.
@@ -42,6 +45,8 @@ pub struct PullOptions {
 pub struct PullSummary {
     /// Decoded and written, by tier of the key.
     pub decoded: BTreeMap<Tier, u64>,
+    /// Verified entries whose PNG was already in the output folder: not asked for again.
+    pub already_present: u64,
     /// Entries without a key, by reason.
     pub denied: BTreeMap<Denial, Vec<EntryId>>,
     /// Entries whose owner signature did not verify: never decoded.
@@ -68,6 +73,12 @@ impl PullSummary {
             out.push_str(&format!(" ({n} {tier})"));
         }
         out.push('\n');
+        if self.already_present > 0 {
+            out.push_str(&format!(
+                "{} entries already in the output folder, skipped (--redo decodes them again)\n",
+                self.already_present
+            ));
+        }
         for (denial, ids) in &self.denied {
             out.push_str(&format!("no key for {} entries: {}\n", ids.len(), denial.as_str()));
         }
@@ -122,6 +133,7 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary> {
             bar.inc(1);
             match item {
                 Ok(entry) => match entry.verify(&me.owner_public_key) {
+                    Ok(()) if !opts.redo && png_path(&opts.out, entry.id).exists() => summary.already_present += 1,
                     Ok(()) => batch.push(entry),
                     Err(_) => {
                         warn!(entry = %entry.id, "owner signature does not verify: skipped");
@@ -191,7 +203,12 @@ async fn unlock_and_decode(
 fn decode_to_png(entry: &Entry, key: &SupportKey, runner: &ModelRunner, out: &Path) -> Result<()> {
     let code = key.disambiguate(&entry.code)?;
     let image = decode_image(runner, &code, entry.width, entry.height)?;
-    write_png(&image, &out.join(format!("{}.png", entry.id)))
+    write_png(&image, &png_path(out, entry.id))
+}
+
+/// Where an entry's decode goes (written whole or not at all, see [`write_png`]).
+fn png_path(out: &Path, id: EntryId) -> PathBuf {
+    out.join(format!("{id}.png"))
 }
 
 /// Writes through a temporary file, so a crash never leaves half a PNG.

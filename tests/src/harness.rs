@@ -200,6 +200,7 @@ impl TestParty {
             identity: self.identity()?,
             dataset: Some(dataset.parse()?),
             out: out.to_path_buf(),
+            redo: false,
             model_cache: self.home.join("models"),
             device: Device::Cpu,
             batch: 64,

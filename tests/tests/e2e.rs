@@ -118,6 +118,10 @@ async fn full_preview_public_other_dataset_and_revocation() {
         assert!(public_db <= PUBLIC_CEILING_DB, "public decode {public_db:.2} dB above {PUBLIC_CEILING_DB}");
         assert!(public_ssim < preview_ssim);
 
+        // Pulling again into the same folder asks for nothing already there.
+        let again = alice.pull(&registry, &owner, "samples", &out.join("alice")).await.unwrap();
+        assert_eq!((again.decoded_total(), again.already_present), (0, samples.len() as u64), "{}", again.report());
+
         // Revoked: nothing new, not even for entries published after the revocation.
         owner.admin().await.unwrap().revoke(&alice.name, None).await.unwrap();
         let extra = repo_root().join("shared/testdata/quality/original.png");
