@@ -48,6 +48,7 @@ pub struct Metrics {
     latency: HistogramFamily,
     acks: Family<OutcomeLabels, Counter>,
     entries_stored: Counter,
+    entries_streamed: Counter,
     store_size: Gauge,
     entries: Gauge,
 }
@@ -70,6 +71,7 @@ impl Metrics {
         let latency = HistogramFamily::new_with_constructor(latency_histogram);
         let acks = Family::<OutcomeLabels, Counter>::default();
         let entries_stored = Counter::default();
+        let entries_streamed = Counter::default();
         let store_size = Gauge::default();
         let entries = Gauge::default();
         registry.register("requests", "gRPC requests by method and status code", requests.clone());
@@ -80,9 +82,10 @@ impl Metrics {
         );
         registry.register("publish_acks", "Publish acknowledgements by outcome", acks.clone());
         registry.register("entries_stored", "Entries stored and flushed since start", entries_stored.clone());
+        registry.register("entries_streamed", "Entries sent by StreamEntries", entries_streamed.clone());
         registry.register("store_size_bytes", "Size of the store on disk", store_size.clone());
         registry.register("entries", "Entries held in the store", entries.clone());
-        Metrics { registry, requests, latency, acks, entries_stored, store_size, entries }
+        Metrics { registry, requests, latency, acks, entries_stored, entries_streamed, store_size, entries }
     }
 
     /// Counts one request of `method` answered with `code` after `elapsed`.
@@ -97,6 +100,11 @@ impl Metrics {
 
     pub fn entries_stored(&self, n: u64) {
         self.entries_stored.inc_by(n);
+    }
+
+    /// Counts entries a stream has handed to its client's connection.
+    pub fn entries_streamed(&self, n: u64) {
+        self.entries_streamed.inc_by(n);
     }
 
     /// The metrics as OpenMetrics text, with the store size read now.

@@ -771,6 +771,7 @@ impl RegistryService for RegistryApi {
                             }
                             sent += 1;
                             remaining -= 1;
+                            api.inner.metrics.entries_streamed(1);
                         }
                         match page.next {
                             Some(next) => after = Some(next),

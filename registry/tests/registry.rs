@@ -748,6 +748,8 @@ async fn health_reflection_and_metrics_are_served() {
         model.publish(&client, &key).await;
         client.publish(model.entries(&key, "faces", 5, 70)).await.unwrap();
         let _ = client.get_entry(EntryId::new()).await;
+        let streamed: Vec<Entry> = client.stream_entries(None, None, None).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(streamed.len(), 5);
 
         let mut conn = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
         conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await.unwrap();
@@ -758,6 +760,7 @@ async fn health_reflection_and_metrics_are_served() {
             "ambishare_registry_requests_total{method=\"RegisterOwner\",code=\"OK\"} 1",
             "ambishare_registry_requests_total{method=\"GetEntry\",code=\"NOT_FOUND\"} 1",
             "ambishare_registry_entries_stored_total 5",
+            "ambishare_registry_entries_streamed_total 5",
             "ambishare_registry_publish_acks_total{outcome=\"stored\"} 5",
             "ambishare_registry_request_duration_seconds_bucket",
             "ambishare_registry_store_size_bytes",
