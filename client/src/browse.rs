@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use crate::error::Result;
 use crate::models::ModelCache;
-use crate::pull::{progress_bar, write_png};
+use crate::pull::{png_path, progress_bar, write_png};
 use crate::registry_tls;
 
 #[derive(Clone, Debug)]
@@ -119,7 +119,7 @@ pub async fn browse(opts: &BrowseOptions) -> Result<String> {
         let id = entry.id;
         let rendered = match models.get(&registry, entry.model).await {
             Ok(runner) => {
-                let path = out.join(format!("{id}.png"));
+                let path = png_path(out, id);
                 tokio::task::spawn_blocking(move || -> Result<()> {
                     let public = entry.code.to_sparse()?;
                     let image = decode_image(&runner, &public, entry.width, entry.height)?;

@@ -207,7 +207,7 @@ fn decode_to_png(entry: &Entry, key: &SupportKey, runner: &ModelRunner, out: &Pa
 }
 
 /// Where an entry's decode goes (written whole or not at all, see [`write_png`]).
-fn png_path(out: &Path, id: EntryId) -> PathBuf {
+pub(crate) fn png_path(out: &Path, id: EntryId) -> PathBuf {
     out.join(format!("{id}.png"))
 }
 
