@@ -77,6 +77,34 @@ pub enum QuantizedValues {
 }
 
 const Q8_LEVELS: f32 = 127.0;
+/// The largest q8 level (bits 0-6 of a value byte).
+pub(crate) const Q8_MAX_LEVEL: u8 = 127;
+
+/// Quantizes one map's values on the q8 scale between their smallest and
+/// largest magnitude: appends one byte a value (sign bit 7, level bits 0-6)
+/// and returns the range.
+pub(crate) fn q8_map(map: &[f32], levels: &mut Vec<u8>) -> Result<[f16; 2]> {
+    let (min, max) = map.iter().fold((f32::INFINITY, 0.0f32), |(lo, hi), v| (lo.min(v.abs()), hi.max(v.abs())));
+    let lo = f16::from_f32(min).max(f16::from_bits(1)); // never zero
+    let hi = f16::from_f32(max).max(lo);
+    if !hi.is_finite() {
+        return Err(Error::invalid("code values", "outside the range of f16"));
+    }
+    let (lo32, span) = (lo.to_f32(), hi.to_f32() - lo.to_f32());
+    for &v in map {
+        let level =
+            if span > 0.0 { ((v.abs() - lo32) / span * Q8_LEVELS).round().clamp(0.0, Q8_LEVELS) as u8 } else { 0 };
+        levels.push(level | if v < 0.0 { 0x80 } else { 0 });
+    }
+    Ok([lo, hi])
+}
+
+/// The value of a q8 byte in a map of range `[lo, hi]`.
+pub(crate) fn q8_value(range: [f16; 2], byte: u8) -> f32 {
+    let (lo, hi) = (range[0].to_f32(), range[1].to_f32());
+    let mag = lo + (byte & 0x7f) as f32 * (hi - lo) / Q8_LEVELS;
+    if byte & 0x80 != 0 { -mag } else { mag }
+}
 
 impl QuantizedValues {
     fn quantize(codec: ValueCodec, values: &[f32], nnz: usize) -> Result<Self> {
@@ -95,23 +123,7 @@ impl QuantizedValues {
                 let mut ranges = Vec::with_capacity(values.len() / nnz.max(1));
                 let mut levels = Vec::with_capacity(values.len());
                 for map in values.chunks(nnz.max(1)) {
-                    let (min, max) =
-                        map.iter().fold((f32::INFINITY, 0.0f32), |(lo, hi), v| (lo.min(v.abs()), hi.max(v.abs())));
-                    let lo = f16::from_f32(min).max(f16::from_bits(1)); // never zero
-                    let hi = f16::from_f32(max).max(lo);
-                    if !hi.is_finite() {
-                        return Err(Error::invalid("code values", "outside the range of f16"));
-                    }
-                    let (lo32, span) = (lo.to_f32(), hi.to_f32() - lo.to_f32());
-                    for &v in map {
-                        let level = if span > 0.0 {
-                            ((v.abs() - lo32) / span * Q8_LEVELS).round().clamp(0.0, Q8_LEVELS) as u8
-                        } else {
-                            0
-                        };
-                        levels.push(level | if v < 0.0 { 0x80 } else { 0 });
-                    }
-                    ranges.push([lo, hi]);
+                    ranges.push(q8_map(map, &mut levels)?);
                 }
                 Ok(QuantizedValues::Q8 { ranges, levels })
             }
@@ -136,13 +148,7 @@ impl QuantizedValues {
     fn get(&self, i: usize, nnz: usize) -> f32 {
         match self {
             QuantizedValues::F16(v) => v[i].to_f32(),
-            QuantizedValues::Q8 { ranges, levels } => {
-                let [lo, hi] = ranges[i / nnz];
-                let (lo, hi) = (lo.to_f32(), hi.to_f32());
-                let q = levels[i];
-                let mag = lo + (q & 0x7f) as f32 * (hi - lo) / Q8_LEVELS;
-                if q & 0x80 != 0 { -mag } else { mag }
-            }
+            QuantizedValues::Q8 { ranges, levels } => q8_value(ranges[i / nnz], levels[i]),
         }
     }
 }
@@ -151,10 +157,39 @@ impl QuantizedValues {
 /// code-map, real and fake alike, with quantized values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AmbiguatedCode {
+    version: CodeVersion,
     shape: CodeShape,
     nnz: u16,
     positions: Vec<u16>,
     values: QuantizedValues,
+}
+
+/// Which scheme made a public code; its format version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CodeVersion {
+    /// Fakes and sign flips from fresh randomness; the key lists the real
+    /// nonzeros and their flips ([`SupportKey`]).
+    V2,
+    /// Fakes and sign flips derived from the entry's secret, q8 on the real
+    /// values' range; the key is the secret ([`crate::derived::DerivedKey`]).
+    V3,
+}
+
+impl CodeVersion {
+    pub fn number(self) -> u8 {
+        match self {
+            CodeVersion::V2 => 2,
+            CodeVersion::V3 => 3,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            2 => Some(CodeVersion::V2),
+            3 => Some(CodeVersion::V3),
+            _ => None,
+        }
+    }
 }
 
 impl AmbiguatedCode {
@@ -177,11 +212,24 @@ impl AmbiguatedCode {
         {
             return Err(Error::malformed("ambiguated code", "value not finite or zero"));
         }
-        let code = AmbiguatedCode { shape, nnz, positions, values };
+        let code = AmbiguatedCode { version: CodeVersion::V2, shape, nnz, positions, values };
         // Positions: counts, order and range, checked once by SparseCode.
         SparseCode::from_parts(shape, nnz, code.positions.clone(), vec![1.0; total])
             .map_err(|e| Error::malformed("ambiguated code", e.to_string()))?;
         Ok(code)
+    }
+
+    /// The same code marked as made by `version` (v3 holds q8 values only).
+    pub fn with_version(mut self, version: CodeVersion) -> Result<Self> {
+        if version == CodeVersion::V3 && self.codec() != ValueCodec::Q8 {
+            return Err(Error::malformed("ambiguated code", "version 3 stores q8 values only"));
+        }
+        self.version = version;
+        Ok(self)
+    }
+
+    pub fn version(&self) -> CodeVersion {
+        self.version
     }
 
     pub fn shape(&self) -> CodeShape {

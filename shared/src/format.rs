@@ -22,6 +22,14 @@
 //! then crc32 u32 (as above)
 //! ```
 //!
+//! Derived key, format v3 ("AK" version 3, for v3 codes; see `derived`):
+//!
+//! ```text
+//! magic "AK" | version u8 = 3 | tier u8 (1 full, 2 preview) | band u8 | bands u8 |
+//! the bands' sizes as LEB128 varints (strictly ascending, the last is k) | secret 32 bytes
+//! then crc32 u32 (as above)
+//! ```
+//!
 //! Readers bound every length by the input, reject trailing bytes and never panic.
 //! The checksum is checked last, after the structure, so that a fuzzer reaches
 //! every structural check; it makes any flipped bit an error (version 1 had no
@@ -29,16 +37,20 @@
 
 use half::f16;
 
-use crate::ambiguate::{AmbiguatedCode, QuantizedValues, ValueCodec};
+use crate::ambiguate::{AmbiguatedCode, CodeVersion, QuantizedValues, ValueCodec};
 use crate::code::CodeShape;
 use crate::combinatorics::{BitReader, BitWriter, SubsetCoder};
+use crate::derived::{Bands, DerivedKey, MAX_BANDS, SECRET_LEN};
 use crate::error::{Error, Result};
 use crate::ids::Tier;
 use crate::key::SupportKey;
 
 pub const CODE_MAGIC: &[u8; 4] = b"AMBC";
 pub const KEY_MAGIC: &[u8; 2] = b"AK";
+/// Version of the index key format (and of v2 codes).
 pub const VERSION: u8 = 2;
+/// Version of the derived key format (and of v3 codes).
+pub const DERIVED_VERSION: u8 = 3;
 const CODE_HEADER_LEN: usize = 4 + 1 + 1 + 4 + 2 + 2 + 2;
 /// Bytes of the CRC-32 trailer of both formats.
 const CRC_LEN: usize = 4;
@@ -169,7 +181,7 @@ impl AmbiguatedCode {
         let (dim, nnz) = (shape.dim as usize, self.nnz() as usize);
         let mut out = Vec::with_capacity(code_len(shape, self.nnz(), self.codec()));
         out.extend_from_slice(CODE_MAGIC);
-        out.push(VERSION);
+        out.push(self.version().number());
         out.push(self.codec().tag());
         out.extend_from_slice(&shape.tiles.to_le_bytes());
         out.extend_from_slice(&shape.maps.to_le_bytes());
@@ -206,10 +218,9 @@ impl AmbiguatedCode {
         if r.take(4, "magic")? != CODE_MAGIC {
             return Err(Error::malformed(F, "bad magic"));
         }
-        let version = r.u8("version")?;
-        if version != VERSION {
-            return Err(Error::malformed(F, format!("unsupported version {version}")));
-        }
+        let number = r.u8("version")?;
+        let version = CodeVersion::from_number(number)
+            .ok_or_else(|| Error::malformed(F, format!("unsupported version {number}")))?;
         let codec = ValueCodec::from_tag(r.u8("codec")?).ok_or_else(|| Error::malformed(F, "unknown value codec"))?;
         let (tiles, maps, dim, nnz) = (r.u32("tiles")?, r.u16("maps")?, r.u16("dim")?, r.u16("nnz")?);
         let shape = CodeShape::new(tiles, maps, dim).map_err(|e| Error::malformed(F, e.to_string()))?;
@@ -262,7 +273,7 @@ impl AmbiguatedCode {
             ValueCodec::Q8 => QuantizedValues::Q8 { ranges, levels },
             ValueCodec::F16 => QuantizedValues::F16(halves),
         };
-        let code = AmbiguatedCode::from_parts(shape, nnz, positions, quantized)?;
+        let code = AmbiguatedCode::from_parts(shape, nnz, positions, quantized)?.with_version(version)?;
         check_crc(F, bytes)?;
         Ok(code)
     }
@@ -349,6 +360,56 @@ impl SupportKey {
         let key = SupportKey::from_parts(tier, tiles, maps, nnz, kept, indices)
             .map_err(|e| Error::malformed(F, e.to_string()))?;
         let key = if signs { key.with_sign_flips(flips)? } else { key };
+        check_crc(F, bytes)?;
+        Ok(key)
+    }
+}
+
+impl DerivedKey {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48);
+        out.extend_from_slice(KEY_MAGIC);
+        out.push(DERIVED_VERSION);
+        out.push(self.tier().tag());
+        out.push(self.band());
+        out.push(self.bands().bounds().len() as u8);
+        for &b in self.bands().bounds() {
+            push_varint(&mut out, b as u64);
+        }
+        out.extend_from_slice(self.secret());
+        push_crc(&mut out);
+        out
+    }
+
+    /// Parses and fully validates an encoded derived key.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        const F: &str = "derived key";
+        let mut r = Reader::new(F, bytes);
+        if r.take(2, "magic")? != KEY_MAGIC {
+            return Err(Error::malformed(F, "bad magic"));
+        }
+        let version = r.u8("version")?;
+        if version != DERIVED_VERSION {
+            return Err(Error::malformed(F, format!("unsupported version {version}")));
+        }
+        let tier = Tier::from_tag(r.u8("tier")?).ok_or_else(|| Error::malformed(F, "unknown tier"))?;
+        let band = r.u8("band")?;
+        let count = r.u8("bands")? as usize;
+        if count == 0 || count > MAX_BANDS {
+            return Err(Error::malformed(F, format!("1 to {MAX_BANDS} bands")));
+        }
+        let mut bounds = Vec::with_capacity(count);
+        for _ in 0..count {
+            bounds.push(r.varint("band size", SupportKey::MAX_NNZ as u64)? as u16);
+        }
+        let bands = Bands::new(bounds).map_err(|e| Error::malformed(F, e.to_string()))?;
+        let rest = r.rest_exact(SECRET_LEN + CRC_LEN, "secret")?;
+        let mut secret = [0u8; SECRET_LEN];
+        secret.copy_from_slice(&rest[..SECRET_LEN]);
+        let key = DerivedKey::from_parts(bands, band, secret).map_err(|e| Error::malformed(F, e.to_string()))?;
+        if key.tier() != tier {
+            return Err(Error::malformed(F, "tier does not match the band"));
+        }
         check_crc(F, bytes)?;
         Ok(key)
     }

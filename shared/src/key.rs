@@ -2,6 +2,7 @@
 
 use crate::ambiguate::AmbiguatedCode;
 use crate::code::{CodeShape, SparseCode};
+use crate::derived::DerivedKey;
 use crate::error::{Error, Result};
 use crate::ids::Tier;
 
@@ -195,6 +196,54 @@ impl SupportKey {
     pub fn entropy_bits(&self) -> f64 {
         let signs = if self.flips.is_some() { self.kept as f64 } else { 0.0 };
         self.map_count() as f64 * (crate::combinatorics::log2_binomial(self.nnz as u64, self.kept as u64) + signs)
+    }
+}
+
+/// A key as the key service sends it: explicit indices (format v2, for v2
+/// codes) or a derived secret (format v3, for v3 codes). Never log it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKey {
+    Index(SupportKey),
+    Derived(DerivedKey),
+}
+
+impl EntryKey {
+    /// Parses either format (by its version byte), fully validated.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        match bytes.get(2) {
+            Some(&3) => Ok(EntryKey::Derived(DerivedKey::decode(bytes)?)),
+            _ => Ok(EntryKey::Index(SupportKey::decode(bytes)?)),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            EntryKey::Index(k) => k.encode(),
+            EntryKey::Derived(k) => k.encode(),
+        }
+    }
+
+    pub fn tier(&self) -> Tier {
+        match self {
+            EntryKey::Index(k) => k.tier(),
+            EntryKey::Derived(k) => k.tier(),
+        }
+    }
+
+    /// Real nonzeros per map the key recovers.
+    pub fn kept(&self) -> u16 {
+        match self {
+            EntryKey::Index(k) => k.kept(),
+            EntryKey::Derived(k) => k.kept(),
+        }
+    }
+
+    /// The true code (or its preview) of `code`.
+    pub fn disambiguate(&self, code: &AmbiguatedCode) -> Result<SparseCode> {
+        match self {
+            EntryKey::Index(k) => k.disambiguate(code),
+            EntryKey::Derived(k) => k.disambiguate(code),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod ambiguate;
 pub mod code;
 pub mod combinatorics;
 pub mod crypto;
+pub mod derived;
 pub mod entry;
 pub mod error;
 pub mod format;
@@ -16,11 +17,17 @@ pub mod pipeline;
 pub mod quality;
 pub mod tiling;
 
-pub use ambiguate::{AmbiguatedCode, FakeModel, FakeSigma, QuantizedValues, ValueCodec, ambiguate, random_guess};
+pub use ambiguate::{
+    AmbiguatedCode, CodeVersion, FakeModel, FakeSigma, QuantizedValues, ValueCodec, ambiguate, random_guess,
+};
 pub use code::{CodeShape, SparseCode};
+pub use derived::{
+    Bands, DerivationContext, DerivedKey, EntryTag, FakeTables, FittedTables, MasterSecret, TableFitter,
+    ambiguate_derived,
+};
 pub use entry::{Entry, EntrySummary};
 pub use error::{Error, Result};
 pub use ids::{DatasetName, EntryId, ModelId, OwnerId, PartyName, Tier};
-pub use key::SupportKey;
+pub use key::{EntryKey, SupportKey};
 pub use model::{Device, Manifest, ModelRunner};
 pub use tiling::TileGrid;

@@ -2,8 +2,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+use ambishare_shared::derived::Derived;
 use ambishare_shared::format::code_len;
-use ambishare_shared::{AmbiguatedCode, CodeShape, FakeModel, SparseCode, SupportKey, Tier, ValueCodec, ambiguate};
+use ambishare_shared::{
+    AmbiguatedCode, Bands, CodeShape, DerivationContext, EntryKey, FakeModel, FakeTables, MasterSecret, ModelId,
+    SparseCode, SupportKey, Tier, ValueCodec, ambiguate, ambiguate_derived,
+};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -380,4 +384,114 @@ fn golden_files_decode_and_re_encode_byte_for_byte() {
     assert_eq!(k.encode(), key_bytes);
     assert!(k.has_signs());
     assert_eq!(k.disambiguate(&code).unwrap().nnz(), 8);
+}
+
+// ---- format v3: derived fakes and 44-byte keys
+
+fn derived_sample(seed: u64, shape: CodeShape, bands: Vec<u16>, k_fake: u16) -> (SparseCode, Derived) {
+    let k = *bands.last().unwrap();
+    let code = SparseCode::top_k(&dense_code(seed, shape), shape, k).unwrap();
+    let rates: Vec<f32> = (0..shape.maps as usize * shape.dim as usize).map(|i| (i % 9) as f32 / 18.0).collect();
+    let tables = FakeTables::new(shape.maps, shape.dim, Some(&rates), None).unwrap();
+    let context = DerivationContext { model: ModelId::from_bytes([3; 32]), k_fake, bands: Bands::new(bands).unwrap() };
+    let master = MasterSecret::from_bytes(&[seed as u8; 32]).unwrap();
+    let derived = ambiguate_derived(&code, &master, &context, &tables).unwrap();
+    (code, derived)
+}
+
+/// (tiles, maps, dim, bands, k_fake) with k + k_fake <= dim.
+fn derived_strategy() -> impl Strategy<Value = (u32, u16, u16, Vec<u16>, u16)> {
+    (1u32..3, 1u16..5, 8u16..300).prop_flat_map(|(tiles, maps, dim)| {
+        (Just(tiles), Just(maps), Just(dim), 2..=dim / 2).prop_flat_map(|(t, m, d, k)| {
+            let bands = prop::collection::btree_set(1..k, 0..3)
+                .prop_map(move |set| set.into_iter().chain([k]).collect::<Vec<u16>>());
+            (Just(t), Just(m), Just(d), bands, 1..=d - k)
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn derived_keys_open_their_codes_and_every_tier_keeps_the_largest(
+        (tiles, maps, dim, bands, k_fake) in derived_strategy(), seed in any::<u64>()
+    ) {
+        let shape = CodeShape::new(tiles, maps, dim).unwrap();
+        let (code, d) = derived_sample(seed, shape, bands.clone(), k_fake);
+        let public = AmbiguatedCode::decode(&d.public.encode()).unwrap();
+        prop_assert_eq!(&public, &d.public);
+        let key = EntryKey::decode(&d.key.encode()).unwrap();
+        prop_assert!(d.key.encode().len() <= 64);
+        let full = key.disambiguate(&public).unwrap();
+        prop_assert_eq!(full.positions(), code.positions());
+        for &kp in &bands[..bands.len() - 1] {
+            let preview = d.key.preview(kp).unwrap();
+            let expected = d.support.preview(&public, kp).unwrap().disambiguate(&public).unwrap();
+            prop_assert_eq!(EntryKey::decode(&preview.encode()).unwrap().disambiguate(&public).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn derived_key_decoder_survives_any_mutation(seed in any::<u64>(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let shape = CodeShape::new(1, 2, 64).unwrap();
+        let (_, d) = derived_sample(seed, shape, vec![4, 16], 16);
+        let mut bytes = d.key.encode();
+        let i = at.index(bytes.len());
+        bytes[i] ^= 1 << bit;
+        prop_assert!(EntryKey::decode(&bytes).is_err(), "a flipped bit was accepted");
+    }
+}
+
+#[test]
+fn derived_keys_refuse_bad_headers_and_v2_codes() {
+    let shape = CodeShape::new(1, 2, 64).unwrap();
+    let (_, d) = derived_sample(5, shape, vec![4, 16], 16);
+    let good = d.key.encode();
+    let err = |mut b: Vec<u8>| {
+        let len = b.len();
+        b.truncate(len - 4);
+        EntryKey::decode(&with_crc(b)).unwrap_err().to_string()
+    };
+    let mut b = good.clone();
+    b[4] = 7; // band beyond the bands
+    assert!(err(b).contains("band"));
+    let mut b = good.clone();
+    b[3] = 2; // band 1 of 2 is the full key: a preview tier contradicts it
+    assert!(err(b).contains("tier"));
+    let mut b = good.clone();
+    b[6] = 16; // bands not ascending: [16, 16]
+    assert!(err(b).contains("ascending"));
+    assert!(EntryKey::decode(&good[..good.len() - 1]).is_err());
+    // A v3 key does not open a v2 code.
+    let (_, v2, _) = sample(3, shape, 16, 16, ValueCodec::Q8);
+    assert!(d.key.disambiguate(&v2).is_err());
+}
+
+#[test]
+fn golden_v3_files_decode_and_the_derivation_is_stable() {
+    // Written by format version 3. The derivation is part of the format: a change
+    // that makes other bytes from the same inputs would leave published keys unable
+    // to open their codes.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+    let shape = CodeShape::new(2, 3, 32).unwrap();
+    let (code, d) = derived_sample(47, shape, vec![2, 4, 8], 8);
+    let preview = d.key.preview(2).unwrap();
+    let (code_path, key_path, preview_path) =
+        (format!("{dir}/code_v3.ambc"), format!("{dir}/key_v3.ak"), format!("{dir}/key_v3_preview.ak"));
+    if std::env::var_os("AMBISHARE_WRITE_GOLDEN").is_some() {
+        std::fs::write(&code_path, d.public.encode()).unwrap();
+        std::fs::write(&key_path, d.key.encode()).unwrap();
+        std::fs::write(&preview_path, preview.encode()).unwrap();
+    }
+    let code_bytes = std::fs::read(&code_path).unwrap();
+    let key_bytes = std::fs::read(&key_path).unwrap();
+    assert_eq!(d.public.encode(), code_bytes, "the derivation changed");
+    assert_eq!(d.key.encode(), key_bytes, "the key derivation changed");
+    assert_eq!(preview.encode(), std::fs::read(&preview_path).unwrap());
+    let public = AmbiguatedCode::decode(&code_bytes).unwrap();
+    let key = EntryKey::decode(&key_bytes).unwrap();
+    assert_eq!(key_bytes.len(), 45);
+    assert_eq!(key.disambiguate(&public).unwrap().positions(), code.positions());
+    assert_eq!(EntryKey::decode(&std::fs::read(&preview_path).unwrap()).unwrap().kept(), 2);
 }

@@ -72,6 +72,19 @@ fn binary_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let (wide, wide_key) = code(1, 1, 256, 64, 64, ValueCodec::Q8, &signs);
     let (_, big_key) = code(1, 1, 256, 128, 128, ValueCodec::Q8, &FakeModel::paper());
     let preview = q8_key.preview(&q8, 4).unwrap();
+    let derived = {
+        use ambishare_shared::{Bands, DerivationContext, FakeTables, MasterSecret, ambiguate_derived};
+        let shape = CodeShape::new(2, 3, 64).unwrap();
+        let dense: Vec<f32> = (0..shape.dense_len()).map(|_| rng.random::<f32>() - 0.5).collect();
+        let sparse = SparseCode::top_k(&dense, shape, 16).unwrap();
+        let context = DerivationContext {
+            model: ModelId::of_manifest(b"{}"),
+            k_fake: 16,
+            bands: Bands::new(vec![4, 8, 16]).unwrap(),
+        };
+        let tables = FakeTables::new(3, 64, None, None).unwrap();
+        ambiguate_derived(&sparse, &MasterSecret::from_bytes(&[9; 32]).unwrap(), &context, &tables).unwrap()
+    };
     let (signer, _) = SigningKey::generate().unwrap();
     let entry = Entry::create(
         NewEntry {
@@ -97,6 +110,10 @@ fn binary_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("support_key", "preview.ak", preview.encode()),
         ("entry", "signed_q8.pb", pb::Entry::from(&entry).encode_to_vec()),
         ("ambiguated_code", "code_q8_wide.ambc", wide.encode()),
+        ("ambiguated_code", "code_v3.ambc", derived.public.encode()),
+        ("derived_key", "full_v3.ak", derived.key.encode()),
+        ("derived_key", "preview_v3.ak", derived.key.preview(4).unwrap().encode()),
+        ("derived_key", "full_v2.ak", signed_key.encode()),
     ]
 }
 
@@ -118,6 +135,7 @@ fn binary_seeds_decode_under_the_current_formats() {
         let ok = match target {
             "ambiguated_code" => AmbiguatedCode::decode(&stored).is_ok(),
             "support_key" => SupportKey::decode(&stored).is_ok(),
+            "derived_key" => ambishare_shared::EntryKey::decode(&stored).is_ok(),
             _ => {
                 use prost::Message;
                 let p = ambishare_proto::types::v1::Entry::decode(stored.as_slice()).unwrap();

@@ -11,7 +11,7 @@ use ambishare_proto::types::v1 as pb;
 use ambishare_shared::crypto::PublicKey;
 use ambishare_shared::model::Manifest;
 use ambishare_shared::tiling::load_image;
-use ambishare_shared::{AmbiguatedCode, Entry, SupportKey};
+use ambishare_shared::{AmbiguatedCode, Entry, EntryKey, SupportKey};
 use prost::Message;
 
 /// Pixel limit of the `image` target: large enough for real photos in the
@@ -32,6 +32,7 @@ pub type Check = fn(&[u8]);
 pub const TARGETS: &[(&str, Check)] = &[
     ("ambiguated_code", ambiguated_code),
     ("support_key", support_key),
+    ("derived_key", derived_key),
     ("entry", entry),
     ("manifest", manifest),
     ("image", image),
@@ -50,6 +51,23 @@ pub fn ambiguated_code(data: &[u8]) {
 pub fn support_key(data: &[u8]) {
     if let Ok(key) = SupportKey::decode(data) {
         assert_eq!(key.encode(), data, "decode then encode changed the bytes");
+    }
+}
+
+/// `EntryKey::decode` (both key formats); what decodes re-encodes to the same
+/// bytes, and a derived key's tiers and its walk over a v3 code (the golden
+/// file's) return normally whatever the key.
+pub fn derived_key(data: &[u8]) {
+    let Ok(key) = EntryKey::decode(data) else { return };
+    assert_eq!(key.encode(), data, "decode then encode changed the bytes");
+    if let EntryKey::Derived(derived) = &key {
+        for &kept in derived.bands().bounds() {
+            let _ = derived.preview(kept);
+        }
+        let code = include_bytes!("../../testdata/code_v3.ambc");
+        if let Ok(code) = AmbiguatedCode::decode(code) {
+            let _ = key.disambiguate(&code);
+        }
     }
 }
 
