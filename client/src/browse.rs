@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use ambishare_registry::client::RegistryClient;
+use ambishare_rpc::RegistryClient;
 use ambishare_shared::crypto::PublicKey;
 use ambishare_shared::model::Device;
 use ambishare_shared::pipeline::decode_image;
 use ambishare_shared::{DatasetName, Entry, EntryId, OwnerId};
 use futures::StreamExt;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::ModelCache;
 use crate::pull::{png_path, progress_bar, write_png};
 use crate::registry_tls;
@@ -46,7 +46,7 @@ impl OwnerKeys {
                     Some(k)
                 }
                 // Only "not registered" is remembered: a transient error is tried again.
-                Err(ambishare_registry::Error::Rpc(status)) if status.code() == tonic::Code::NotFound => {
+                Err(ambishare_rpc::Error::Rpc(status)) if status.code() == tonic::Code::NotFound => {
                     self.0.insert(entry.owner, None);
                     None
                 }
@@ -84,13 +84,15 @@ fn line(entry: &Entry, signature: &str) -> String {
 
 /// Lists what the public sees, one line an entry; with `out`, writes the public decode of each.
 pub async fn browse(opts: &BrowseOptions) -> Result<String> {
-    let registry = RegistryClient::connect(&opts.registry_url, registry_tls(opts.registry_ca.as_deref())?).await?;
+    let registry = RegistryClient::connect(&opts.registry_url, registry_tls(opts.registry_ca.as_deref())?)
+        .await
+        .map_err(Error::Registry)?;
     let mut owners = OwnerKeys::default();
     let mut models = ModelCache::new(opts.model_cache.clone(), opts.device);
     if let Some(out) = &opts.out {
-        std::fs::create_dir_all(out).map_err(|e| crate::Error::io(format!("creating {}", out.display()), e))?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
     }
-    let mut stream = registry.stream_entries(opts.owner, opts.dataset.as_ref(), None).await?;
+    let mut stream = registry.stream_entries(opts.owner, opts.dataset.as_ref(), None).await.map_err(Error::Registry)?;
     let bar = progress_bar(opts.progress && opts.out.is_some(), "browse");
     let mut report = String::new();
     let (mut seen, mut written, mut skipped, mut failed) = (0u64, 0u64, 0u64, 0u64);
@@ -102,11 +104,11 @@ pub async fn browse(opts: &BrowseOptions) -> Result<String> {
         bar.inc(1);
         let entry = match item {
             Ok(entry) => entry,
-            Err(ambishare_registry::Error::BadResponse(why)) => {
+            Err(ambishare_rpc::Error::BadResponse(why)) => {
                 let _ = writeln!(report, "unreadable entry: {why}");
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::Registry(e)),
         };
         let signature = owners.signature(&registry, &entry).await;
         let _ = writeln!(report, "{}", line(&entry, signature));
@@ -126,7 +128,7 @@ pub async fn browse(opts: &BrowseOptions) -> Result<String> {
                     write_png(&image, &path)
                 })
                 .await
-                .map_err(crate::Error::from)
+                .map_err(Error::from)
                 .and_then(|r| r)
             }
             Err(e) => Err(e),
@@ -155,8 +157,8 @@ pub async fn browse(opts: &BrowseOptions) -> Result<String> {
 
 /// Metadata of one entry, with its signature checked against the owner's registered key.
 pub async fn show(registry_url: &str, registry_ca: Option<&std::path::Path>, id: EntryId) -> Result<String> {
-    let registry = RegistryClient::connect(registry_url, registry_tls(registry_ca)?).await?;
-    let entry = registry.get_entry(id).await?;
+    let registry = RegistryClient::connect(registry_url, registry_tls(registry_ca)?).await.map_err(Error::Registry)?;
+    let entry = registry.get_entry(id).await.map_err(Error::Registry)?;
     let signature = OwnerKeys::default().signature(&registry, &entry).await;
     let shape = entry.code.shape();
     let mut out = String::new();

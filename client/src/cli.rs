@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ambishare_owner::ClientIdentity;
+use ambishare_rpc::ClientIdentity;
 use ambishare_shared::model::{Device, init_runtime};
 use ambishare_shared::{DatasetName, EntryId, OwnerId, PartyName};
 use clap::{Args, Parser, Subcommand};

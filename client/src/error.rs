@@ -8,10 +8,12 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Shared(#[from] ambishare_shared::Error),
+    /// A call to the registry failed (no `From`: each call says which node it was).
     #[error("registry: {0}")]
-    Registry(#[from] ambishare_registry::Error),
+    Registry(#[source] ambishare_rpc::Error),
+    /// A call to the owner's key service failed.
     #[error("owner: {0}")]
-    Owner(#[from] ambishare_owner::Error),
+    Owner(#[source] ambishare_rpc::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -14,7 +14,7 @@ pub mod pull;
 
 use std::path::Path;
 
-use ambishare_registry::client::ClientTlsOptions;
+use ambishare_rpc::ClientTlsOptions;
 
 pub use error::{Error, Result};
 
@@ -42,7 +42,8 @@ pub fn enroll(home: &Path, party: &ambishare_shared::PartyName) -> Result<Enroll
     if key_path.exists() {
         return Err(Error::Config(format!("{} exists: this node is already enrolled", key_path.display())));
     }
-    let (csr_pem, key_pem) = ambishare_owner::pki::make_csr(party.as_str())?;
+    let (csr_pem, key_pem) =
+        ambishare_rpc::make_csr(party.as_str()).map_err(|e| Error::Config(format!("making the key and CSR: {e}")))?;
     ambishare_shared::crypto::write_secret_file(&key_path, key_pem.as_bytes())?;
     std::fs::write(&csr_path, csr_pem).map_err(|e| Error::io(format!("writing {}", csr_path.display()), e))?;
     Ok(Enrolled { key_path, csr_path })

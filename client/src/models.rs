@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ambishare_registry::client::RegistryClient;
+use ambishare_rpc::RegistryClient;
 use ambishare_shared::model::{Device, MANIFEST_FILE, Manifest, ModelRunner};
 use ambishare_shared::{Error as SharedError, ModelId};
 use tracing::{info, warn};
@@ -43,7 +43,7 @@ impl ModelCache {
                     warn!(model = %id, "cached model unusable ({e}); fetching it again");
                 }
                 info!(model = %id, "fetching the decoder from the registry");
-                let fetched = registry.fetch_model(id).await?;
+                let fetched = registry.fetch_model(id).await.map_err(Error::Registry)?;
                 if ModelId::of_manifest(&fetched.manifest_bytes) != id {
                     return Err(Error::Shared(SharedError::Model(format!("registry sent another model for {id}"))));
                 }

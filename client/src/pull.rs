@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ambishare_owner::{ClientIdentity, Denial, KeyClient};
-use ambishare_registry::client::RegistryClient;
+use ambishare_rpc::{ClientIdentity, Denial, KeyClient, RegistryClient};
 use ambishare_shared::crypto::PublicKey;
 use ambishare_shared::model::{Device, ModelRunner};
 use ambishare_shared::pipeline::decode_image;
-use ambishare_shared::{DatasetName, Entry, EntryId, SupportKey, Tier};
+use ambishare_shared::{DatasetName, Entry, EntryId, EntryKey, Tier};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
@@ -115,13 +114,16 @@ pub(crate) fn progress_bar(enabled: bool, what: &str) -> ProgressBar {
 /// Pulls, verifies, unlocks and decodes every entry the owner published (in `dataset`).
 pub async fn pull(opts: &PullOptions) -> Result<PullSummary> {
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(format!("creating {}", opts.out.display()), e))?;
-    let mut keys = KeyClient::connect(&opts.owner_url, opts.identity.clone()).await?;
+    let mut keys = KeyClient::connect(&opts.owner_url, opts.identity.clone()).await.map_err(Error::Owner)?;
     // Over mTLS, so the owner's signing key comes from the owner, not the registry.
-    let me = keys.who_am_i().await?;
+    let me = keys.who_am_i().await.map_err(Error::Owner)?;
     info!(party = %me.party, owner = %me.owner_id, grants = me.grants.len(), "authenticated to the owner");
-    let registry = RegistryClient::connect(&opts.registry_url, registry_tls(opts.registry_ca.as_deref())?).await?;
+    let registry = RegistryClient::connect(&opts.registry_url, registry_tls(opts.registry_ca.as_deref())?)
+        .await
+        .map_err(Error::Registry)?;
     let mut models = ModelCache::new(opts.model_cache.clone(), opts.device);
-    let mut entries = registry.stream_entries(Some(me.owner_id), opts.dataset.as_ref(), None).await?;
+    let mut entries =
+        registry.stream_entries(Some(me.owner_id), opts.dataset.as_ref(), None).await.map_err(Error::Registry)?;
 
     let bar = progress_bar(opts.progress, "pull");
     let mut summary = PullSummary::default();
@@ -141,8 +143,8 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary> {
                     }
                 },
                 // A transport error ends the stream; a bad entry is only skipped.
-                Err(ambishare_registry::Error::BadResponse(why)) => summary.failed.push(("entry".into(), why)),
-                Err(e) => return Err(e.into()),
+                Err(ambishare_rpc::Error::BadResponse(why)) => summary.failed.push(("entry".into(), why)),
+                Err(e) => return Err(Error::Registry(e)),
             }
         }
         if batch.len() >= opts.batch.max(1) || (done && !batch.is_empty()) {
@@ -167,8 +169,8 @@ async fn unlock_and_decode(
     summary: &mut PullSummary,
 ) -> Result<()> {
     let ids: Vec<EntryId> = chunk.iter().map(|e| e.id).collect();
-    let answers = keys.get_keys(&ids).await?;
-    let mut work: Vec<(Entry, SupportKey, Arc<ModelRunner>)> = Vec::new();
+    let answers = keys.get_keys(&ids).await.map_err(Error::Owner)?;
+    let mut work: Vec<(Entry, EntryKey, Arc<ModelRunner>)> = Vec::new();
     for (entry, (_, answer)) in chunk.into_iter().zip(answers) {
         match answer {
             // A model that cannot be fetched fails its entries, not the pull.
@@ -200,7 +202,7 @@ async fn unlock_and_decode(
     Ok(())
 }
 
-fn decode_to_png(entry: &Entry, key: &SupportKey, runner: &ModelRunner, out: &Path) -> Result<()> {
+fn decode_to_png(entry: &Entry, key: &EntryKey, runner: &ModelRunner, out: &Path) -> Result<()> {
     let code = key.disambiguate(&entry.code)?;
     let image = decode_image(runner, &code, entry.width, entry.height)?;
     write_png(&image, &png_path(out, entry.id))

@@ -2,7 +2,9 @@
 //!
 //! - Key releases over mutual TLS on loopback: keys/s and latency (p50, p99) for
 //!   batches of 1 and 256 ids, one client calling in sequence, with the audit
-//!   log flushed per call (the default) and without.
+//!   log flushed per call (the default) and without; for format v3 entries
+//!   (44-byte keys derived from the master secret) beside format v2 entries
+//!   (sealed per-entry keys, about 24 KB for a 512x512 image).
 //! - Publishing on CPU: images/s of `publish` (decode, tile, encode, top-k,
 //!   ambiguate, sign, seal, store, send to an in-process registry), beside the
 //!   alternative a user would pick, JPEG encode (image crate) + AES-256-GCM
@@ -17,11 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ambishare_owner::pki::make_csr;
-use ambishare_owner::{
-    AdminClient, ClientIdentity, GrantRequest, Home, InitOptions, KeyClient, PublishJob, ServeConfig,
-};
-use ambishare_shared::{Device, EntryId, Tier, ValueCodec};
+use ambishare_owner::{AdminClient, GrantRequest, Home, InitOptions, PublishJob, ServeConfig};
+use ambishare_rpc::{ClientIdentity, KeyClient, make_csr};
+use ambishare_shared::{CodeVersion, Device, EntryId, Tier, ValueCodec};
 use image::RgbImage;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use tokio::net::TcpListener;
@@ -223,6 +223,7 @@ async fn run(args: Args) {
     let options = |dataset: &str, inputs: Vec<PathBuf>| PublishJob {
         device: Device::Cpu,
         codec: ValueCodec::Q8,
+        format: if dataset.ends_with("-v2") { CodeVersion::V2 } else { CodeVersion::V3 },
         batch: 16,
         max_pixels: 1 << 26,
         ..PublishJob::new(dataset.parse().unwrap(), inputs, registry_url.clone(), args.model.clone())
@@ -242,46 +243,61 @@ async fn run(args: Args) {
     .await
     .unwrap();
 
-    let ids = summary.entries.clone();
+    // The same images in format v2, for the keys' comparison.
+    let v2 = ambishare_owner::publish(&home, options("bench-v2", files.clone()), |_| {}).await.unwrap();
+    assert_eq!(v2.published, files.len(), "{v2}");
+    let formats = [("v3", "bench", summary.entries.clone()), ("v2", "bench-v2", v2.entries.clone())];
     let mut rows = Vec::new();
     for audit_sync in [true, false] {
         let (url, stop, task) = serve(&home, audit_sync).await;
-        let mut admin = AdminClient::connect(&url, ClientIdentity::admin(&home, "localhost").unwrap()).await.unwrap();
+        let mut admin = AdminClient::connect(&url, home.admin_identity("localhost").unwrap()).await.unwrap();
         let party = if audit_sync { "bench-sync" } else { "bench-nosync" };
         let (csr, key_pem) = make_csr(party).unwrap();
-        let outcome = admin
-            .grant(&GrantRequest {
-                party: party.parse().unwrap(),
-                dataset: "bench".parse().unwrap(),
-                tier: Tier::Full,
-                expires_unix_ms: None,
-                csr_pem: Some(csr),
-                certificate_days: None,
-            })
-            .await
-            .unwrap();
+        let mut first = None;
+        for (_, dataset, _) in &formats {
+            let granted = admin
+                .grant(&GrantRequest {
+                    party: party.parse().unwrap(),
+                    dataset: dataset.parse().unwrap(),
+                    tier: Tier::Full,
+                    expires_unix_ms: None,
+                    csr_pem: first.is_none().then(|| csr.clone()),
+                    certificate_days: None,
+                })
+                .await
+                .unwrap();
+            first.get_or_insert(granted);
+        }
+        let outcome = first.unwrap();
         let identity = ClientIdentity {
             cert_pem: outcome.certificate_pem.unwrap(),
             key_pem,
             ca_pem: outcome.server_ca_pem,
             domain: "localhost".into(),
         };
-        for batch in [1usize, 256] {
-            let calls = if batch == 1 { args.calls } else { (args.calls / 8).max(20) };
-            let mut row = key_release(&url, identity.clone(), &ids, batch, calls).await;
+        // Unflushed audit: v3 only, to show what durability costs.
+        for (format, _, ids) in formats.iter().take(if audit_sync { 2 } else { 1 }) {
+            let key_bytes = {
+                let mut client = KeyClient::connect(&url, identity.clone()).await.unwrap();
+                client.get_keys(&ids[..1]).await.unwrap()[0].1.as_ref().unwrap().encode().len()
+            };
+            for batch in [1usize, 256] {
+                let calls = if batch == 1 { args.calls } else { (args.calls / 8).max(20) };
+                let mut row = key_release(&url, identity.clone(), ids, batch, calls).await;
+                row.what = format!(
+                    "GetKeys {format} ({key_bytes} B keys), batch {batch:>3}, audit {} ({calls} calls)",
+                    if audit_sync { "durable" } else { "not flushed" }
+                );
+                rows.push(row);
+            }
+            let calls = (args.calls / 8).max(20);
+            let mut row = key_release_raw(&url, &identity, ids, 256, calls).await;
             row.what = format!(
-                "GetKeys, batch {batch:>3}, audit {} ({calls} calls)",
-                if audit_sync { "flushed per call" } else { "not flushed   " }
+                "GetKeys {format}, batch 256, audit {}, keys not decoded ({calls} calls)",
+                if audit_sync { "durable" } else { "not flushed" }
             );
             rows.push(row);
         }
-        let calls = (args.calls / 8).max(20);
-        let mut row = key_release_raw(&url, &identity, &ids, 256, calls).await;
-        row.what = format!(
-            "GetKeys, batch 256, audit {}, keys not decoded ({calls} calls)",
-            if audit_sync { "flushed" } else { "not flushed" }
-        );
-        rows.push(row);
         stop.send(()).unwrap();
         task.await.unwrap();
     }

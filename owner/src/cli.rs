@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use ambishare_shared::{DatasetName, Device, PartyName, Tier, ValueCodec};
+use ambishare_shared::{CodeVersion, DatasetName, Device, PartyName, Tier, ValueCodec};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::admin::AdminOps;
-use crate::client::{AdminClient, ClientIdentity};
+use crate::client::AdminClient;
 use crate::config::{self, FileConfig};
 use crate::error::{Error, Result};
 use crate::home::{self, Home, InitOptions};
@@ -89,6 +89,16 @@ pub enum CodecArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    /// Fakes and sign flips derived from the owner's master secret: the same
+    /// image gives the same public code; keys of 44 bytes (q8 only)
+    V3,
+    /// Fresh randomness per publication, per-entry sealed keys (compatibility
+    /// only: an image published twice under v2 can be recovered)
+    V2,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum TierArg {
     /// Every real nonzero: full-quality decodes.
     Full,
@@ -116,6 +126,9 @@ pub struct PublishArgs {
     /// How code values are published [toml: codec] [default: q8]
     #[arg(long, env = "AMBISHARE_OWNER_CODEC", value_enum)]
     pub codec: Option<CodecArg>,
+    /// Format of the public codes [toml: format] [default: v3]
+    #[arg(long, env = "AMBISHARE_OWNER_FORMAT", value_enum)]
+    pub format: Option<FormatArg>,
     /// Images encoded together [toml: batch] [default: 16]
     #[arg(long, env = "AMBISHARE_OWNER_BATCH", value_name = "N")]
     pub batch: Option<usize>,
@@ -299,9 +312,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::RotateSealingKey => {
             let summary = rotate::rotate_sealing_key(&home)?;
             println!(
-                "sealing key {} is current; {} support key(s) re-sealed{}; {} old key file(s) removed",
+                "sealing key {} is current; {} v2 support key(s) re-sealed, master secret {}{}; {} old key file(s) removed",
                 summary.new_key,
                 summary.resealed,
+                if summary.master_resealed { "re-sealed" } else { "unchanged" },
                 if summary.resumed { " (resumed)" } else { "" },
                 summary.removed.len()
             );
@@ -330,7 +344,7 @@ async fn connect_admin(home: &Home, file: &FileConfig, target: &AdminTarget) -> 
     home.check_key_permissions()?;
     let url = pick(target.owner.clone(), file.owner_url.clone(), config::DEFAULT_OWNER_URL.to_owned());
     let domain = pick(target.domain.clone(), file.owner_domain.clone(), config::DEFAULT_DOMAIN.to_owned());
-    let identity = ClientIdentity::admin(home, &domain)?;
+    let identity = home.admin_identity(&domain)?;
     AdminClient::connect(&url, identity).await.map_err(|e| match e {
         Error::Transport(t) => Error::FailedPrecondition(format!(
             "cannot reach the owner node at {url} ({t}); start it with `ambishare-owner serve`, \
@@ -362,6 +376,13 @@ async fn run_publish(home: &Home, file: &FileConfig, args: PublishArgs) -> Resul
         (None, Some(s)) => s.parse()?,
         (None, None) => ValueCodec::Q8,
     };
+    let format = match (args.format, file.format.as_deref()) {
+        (Some(FormatArg::V3), _) | (None, Some("v3") | None) => CodeVersion::V3,
+        (Some(FormatArg::V2), _) | (None, Some("v2")) => CodeVersion::V2,
+        (None, Some(other)) => {
+            return Err(Error::Config(format!("format `{other}` in the config file: expected v2 or v3")));
+        }
+    };
     let registry_ca_pem = match args.registry_ca.or(file.registry_ca.clone()) {
         Some(path) => Some(publish::read_file(&path, publish::MAX_REGISTRY_CA_BYTES)?),
         None => None,
@@ -378,6 +399,7 @@ async fn run_publish(home: &Home, file: &FileConfig, args: PublishArgs) -> Resul
         model_dir: absolute(&model_dir)?,
         device,
         codec,
+        format,
         batch: pick(args.batch, file.batch, config::DEFAULT_BATCH),
         max_pixels: pick(args.max_pixels, file.max_pixels, config::DEFAULT_MAX_PIXELS),
         stop_after_prepared: None,

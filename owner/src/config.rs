@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub device: Option<String>,
     /// How code values are published: `q8` or `f16`.
     pub codec: Option<String>,
+    /// `v3` (default) or `v2`.
+    pub format: Option<String>,
     /// Images encoded together.
     pub batch: Option<usize>,
     /// Largest image accepted, in pixels.

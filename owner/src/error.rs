@@ -50,9 +50,9 @@ pub enum Error {
     /// A remote service (the owner node, seen by a client) answered with an error status.
     #[error("{} ({:?})", .0.message(), .0.code())]
     Remote(Box<Status>),
-    /// The registry refused or failed a call.
+    /// A call to the registry failed or was refused (the node calls no other node).
     #[error("registry: {0}")]
-    Registry(String),
+    Registry(#[from] ambishare_rpc::Error),
     /// A peer's answer is inconsistent with its request.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -88,12 +88,6 @@ impl Error {
             Error::Shared(e) => e.is_caller_fault(),
             _ => false,
         }
-    }
-}
-
-impl From<ambishare_registry::Error> for Error {
-    fn from(e: ambishare_registry::Error) -> Self {
-        Error::Registry(e.to_string())
     }
 }
 
@@ -149,7 +143,7 @@ mod tests {
 
     #[test]
     fn registry_failures_are_unavailable_with_their_reason() {
-        let status = Status::from(Error::Registry("connection refused".into()));
+        let status = Status::from(Error::Registry(ambishare_rpc::Error::Config("connection refused".into())));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains("connection refused"));
     }

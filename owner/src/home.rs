@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use ambishare_rpc::ClientIdentity;
 use ambishare_shared::OwnerId;
 use ambishare_shared::crypto::{
     SealingKey, SealingKeyId, SigningKey, check_secret_permissions, read_secret_file, write_secret_file,
@@ -125,6 +126,17 @@ impl Home {
     pub fn read_key_pem(&self, name: &str) -> Result<String> {
         let bytes = read_secret_file(&self.tls(name))?;
         String::from_utf8(bytes).map_err(|_| Error::Certificate(format!("{name} is not PEM text")))
+    }
+
+    /// The owner's admin identity, for the CLI to call its running node
+    /// (key permissions checked).
+    pub fn admin_identity(&self, domain: &str) -> Result<ClientIdentity> {
+        Ok(ClientIdentity {
+            cert_pem: self.read_pem("admin.pem")?,
+            key_pem: self.read_key_pem("admin.key")?,
+            ca_pem: self.read_pem("server-ca.pem")?,
+            domain: domain.to_owned(),
+        })
     }
 }
 

@@ -6,7 +6,9 @@
 //!   does it on the store directly (`--offline`).
 //! - [`serve()`]: the key service (parties fetch support keys at their grant's
 //!   tier) and the admin service, over mutual TLS on one listener.
-//! - [`KeyClient`] and [`AdminClient`]: typed mTLS clients of those services.
+//! - [`AdminClient`]: the CLI's mTLS client of the admin service. The typed
+//!   clients other nodes use (the key service's, the registry's) are in
+//!   `ambishare-rpc`: a party's node links that, not this crate.
 //! - [`admin::AdminOps`]: grants, revocations and the audit log, shared by the
 //!   admin service and the CLI's `--offline` mode.
 
@@ -24,7 +26,7 @@ pub mod store;
 pub mod tls;
 pub mod types;
 
-pub use client::{AdminClient, ClientIdentity, KeyAnswer, KeyClient, WhoAmI};
+pub use client::AdminClient;
 pub use error::{Error, Result};
 pub use home::{Home, InitOptions, init};
 pub use publish::{FileEvent, FileOutcome, PublishEvent, PublishJob, PublishSummary, Publisher, publish};

@@ -1,6 +1,7 @@
 //! Certificates: the owner's two CAs, the key service's and the admin's
 //! certificates (made once by `init`), parties' certificates signed from their
-//! CSRs, and what the key service reads from a peer's certificate.
+//! CSRs, and what the key service reads from a peer's certificate. (The
+//! party's side, its key and CSR, is `ambishare_rpc::make_csr`.)
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -220,20 +221,10 @@ pub fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
     Ok(parsed.contents)
 }
 
-/// A fresh key and a CSR for `common_name`, as a party's node makes them
-/// (its private key never leaves it). Returns `(csr_pem, key_pem)`.
-pub fn make_csr(common_name: &str) -> Result<(String, String)> {
-    let key = KeyPair::generate().map_err(cert_err)?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    let csr = params.serialize_request(&key).map_err(cert_err)?;
-    Ok((csr.pem().map_err(cert_err)?, key.serialize_pem()))
-}
-
 #[cfg(test)]
 mod tests {
+    use ambishare_rpc::make_csr;
+
     use super::*;
 
     #[test]

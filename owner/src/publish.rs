@@ -24,14 +24,15 @@ use std::sync::Arc;
 
 use ambishare_proto::owner::v1 as pb;
 use ambishare_proto::types::v1 as types_pb;
-use ambishare_registry::{ClientTlsOptions, PublishOutcome, RegistryClient};
+use ambishare_rpc::{ClientTlsOptions, PublishOutcome, RegistryClient};
 use ambishare_shared::crypto::{SigningKey, secure_rng};
 use ambishare_shared::entry::NewEntry;
 use ambishare_shared::ids::sha256;
 use ambishare_shared::model::MANIFEST_FILE;
 use ambishare_shared::tiling::{image_to_tiles, load_image};
 use ambishare_shared::{
-    CodeShape, DatasetName, Device, Entry, EntryId, FakeModel, Manifest, ModelRunner, SparseCode, ValueCodec, ambiguate,
+    Bands, CodeShape, CodeVersion, DatasetName, DerivationContext, Device, Entry, EntryId, FakeModel, FakeTables,
+    Manifest, MasterSecret, ModelRunner, SparseCode, ValueCodec, ambiguate, ambiguate_derived,
 };
 use prost::Message;
 
@@ -39,7 +40,7 @@ use crate::admin::ADMIN_AUDIT_NAME;
 use crate::config::{DEFAULT_BATCH, DEFAULT_MAX_PIXELS};
 use crate::error::{Error, Result};
 use crate::home::{Home, Keyring};
-use crate::store::{EntryState, OwnerStore};
+use crate::store::{EntryState, KeyMaterial, OwnerStore};
 use crate::types::AuditEvent;
 
 /// File extensions picked up when a directory is given.
@@ -74,6 +75,10 @@ pub struct PublishJob {
     pub model_dir: PathBuf,
     pub device: Device,
     pub codec: ValueCodec,
+    /// Format of the public codes: v3 (the default: fakes derived from a
+    /// secret, 44-byte keys) or v2 (fresh randomness, for compatibility;
+    /// an image published twice under v2 can be recovered).
+    pub format: CodeVersion,
     /// Images encoded and published together (1 to [`MAX_BATCH`]).
     pub batch: usize,
     /// Largest image accepted, in pixels.
@@ -100,6 +105,7 @@ impl PublishJob {
             model_dir: model_dir.into(),
             device: Device::Auto,
             codec: ValueCodec::Q8,
+            format: CodeVersion::V3,
             batch: DEFAULT_BATCH,
             max_pixels: DEFAULT_MAX_PIXELS,
             stop_after_prepared: None,
@@ -122,6 +128,9 @@ impl PublishJob {
         }
         if self.registry_ca_pem.as_ref().is_some_and(|p| p.len() as u64 > MAX_REGISTRY_CA_BYTES) {
             return Err(Error::invalid("registry CA", format!("at most {MAX_REGISTRY_CA_BYTES} bytes")));
+        }
+        if self.format == CodeVersion::V3 && self.codec != ValueCodec::Q8 {
+            return Err(Error::invalid("codec", "format v3 publishes q8 values (f16 needs format v2)"));
         }
         Ok(())
     }
@@ -338,7 +347,7 @@ impl Publisher {
                 store: self.store.clone(),
                 dataset: job.dataset.clone(),
                 codec: job.codec,
-                fakes: Arc::new(FakeModel::for_manifest(&model.manifest)?),
+                scheme: self.scheme(&job, &model).await?,
             },
             stop_after_prepared: job.stop_after_prepared,
             prepared_new: 0,
@@ -376,6 +385,34 @@ impl Publisher {
     }
 
     /// Loads the model and records its manifest.
+    /// How this job makes public codes, from the model's manifest.
+    async fn scheme(&self, job: &PublishJob, model: &Model) -> Result<Scheme> {
+        let manifest = &model.manifest;
+        Ok(match job.format {
+            CodeVersion::V2 => Scheme::Fresh(Arc::new(FakeModel::for_manifest(manifest)?)),
+            CodeVersion::V3 => {
+                let (store, keyring) = (self.store.clone(), self.keyring.clone());
+                let master = blocking(move || store.master_secret(&keyring)).await?;
+                let tables = FakeTables::for_manifest(manifest)?;
+                if !tables.is_fitted() {
+                    tracing::warn!(
+                        model = %manifest.name,
+                        "the manifest has no level tables: fakes follow a generic law (ambishare-eval fit-fakes adds them)"
+                    );
+                }
+                Scheme::Derived(Arc::new(DerivedScheme {
+                    master,
+                    context: DerivationContext {
+                        model: *model.runner.id(),
+                        k_fake: manifest.k_fake,
+                        bands: Bands::for_manifest(manifest)?,
+                    },
+                    tables,
+                }))
+            }
+        })
+    }
+
     async fn load_model(&self, job: &PublishJob) -> Result<Model> {
         let model_dir = job.model_dir.clone();
         let device = job.device;
@@ -597,7 +634,7 @@ impl Run<'_, '_> {
         let (paths, entries): (Vec<Option<PathBuf>>, Vec<Entry>) = entries.into_iter().unzip();
         let ids: Vec<EntryId> = entries.iter().map(|e| e.id).collect();
         let acks = self.registry.publish(entries).await?;
-        let acks: HashMap<EntryId, &ambishare_registry::PublishAck> = acks.iter().map(|a| (a.entry_id, a)).collect();
+        let acks: HashMap<EntryId, &ambishare_rpc::PublishAck> = acks.iter().map(|a| (a.entry_id, a)).collect();
         let mut done = Vec::new();
         let mut verdicts = Vec::with_capacity(ids.len());
         for (path, id) in paths.into_iter().zip(ids) {
@@ -765,8 +802,22 @@ struct PrepareJob {
     store: Arc<OwnerStore>,
     dataset: DatasetName,
     codec: ValueCodec,
-    /// How fakes are drawn (the model's fitted default).
-    fakes: Arc<FakeModel>,
+    scheme: Scheme,
+}
+
+/// How public codes are made.
+#[derive(Clone)]
+enum Scheme {
+    /// Format v2: fresh randomness, the key sealed per entry.
+    Fresh(Arc<FakeModel>),
+    /// Format v3: derived from the master secret, a tag per entry.
+    Derived(Arc<DerivedScheme>),
+}
+
+struct DerivedScheme {
+    master: MasterSecret,
+    context: DerivationContext,
+    tables: FakeTables,
 }
 
 struct Prepared {
@@ -845,7 +896,18 @@ impl PrepareJob {
     ) -> Result<Entry> {
         let m = self.runner.manifest();
         let code = SparseCode::top_k(dense, shape, m.k)?;
-        let (public, key) = ambiguate(&code, m.k_fake, self.codec, &self.fakes, rng)?;
+        let (public, key) = match &self.scheme {
+            Scheme::Fresh(fakes) => {
+                let (public, key) = ambiguate(&code, m.k_fake, self.codec, fakes, rng)?;
+                (public, Err(key))
+            }
+            Scheme::Derived(d) => {
+                let derived = ambiguate_derived(&code, &d.master, &d.context, &d.tables)?;
+                tracing::debug!(nudged = derived.nudged, "reals moved off the fakes' bytes");
+                let material = KeyMaterial::Derived { tag: derived.tag, bands: d.context.bands.clone() };
+                (derived.public, Ok(material))
+            }
+        };
         let (width, height) = source.image.dimensions();
         let entry = Entry::create(
             NewEntry {
@@ -860,8 +922,11 @@ impl PrepareJob {
             &self.signing,
         )?;
         let entry_pb = types_pb::Entry::from(&entry).encode_to_vec();
-        let sealed = self.keyring.current().seal(&key.encode(), entry.id.as_bytes())?;
-        self.store.prepare(&self.dataset, &source.sha256, &entry.id, &entry_pb, &sealed)?;
+        let material = match key {
+            Ok(material) => material,
+            Err(key) => KeyMaterial::Sealed(self.keyring.current().seal(&key.encode(), entry.id.as_bytes())?),
+        };
+        self.store.prepare(&self.dataset, &source.sha256, &entry.id, &entry_pb, &material)?;
         Ok(entry)
     }
 }
@@ -917,6 +982,11 @@ impl TryFrom<pb::PublishJobRequest> for PublishJob {
             model_dir: wire_path("model directory", p.model_dir)?,
             device,
             codec,
+            format: match p.format {
+                0 | 3 => CodeVersion::V3,
+                2 => CodeVersion::V2,
+                other => return Err(Error::invalid("format", format!("unknown code format {other} (2 or 3)"))),
+            },
             batch: if p.batch == 0 { DEFAULT_BATCH } else { p.batch as usize },
             max_pixels: if p.max_pixels == 0 { DEFAULT_MAX_PIXELS } else { p.max_pixels },
             stop_after_prepared: (p.stop_after_prepared != 0).then_some(p.stop_after_prepared as usize),
@@ -947,6 +1017,7 @@ impl TryFrom<&PublishJob> for pb::PublishJobRequest {
                 ValueCodec::Q8 => pb::ValueCodec::Q8,
                 ValueCodec::F16 => pb::ValueCodec::F16,
             } as i32,
+            format: job.format.number() as u32,
             batch: count("batch", job.batch)?,
             display_name: job.display_name.clone().unwrap_or_default(),
             max_pixels: job.max_pixels,

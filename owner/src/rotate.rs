@@ -22,8 +22,10 @@ pub struct RotateSummary {
     pub new_key: String,
     /// Whether an interrupted rotation was resumed.
     pub resumed: bool,
-    /// Support keys re-sealed.
+    /// Support keys (format v2 entries) re-sealed.
     pub resealed: usize,
+    /// Whether the master secret (format v3 entries) was re-sealed.
+    pub master_resealed: bool,
     /// Old key files removed.
     pub removed: Vec<PathBuf>,
 }
@@ -70,6 +72,7 @@ pub fn rotate_sealing_key(home: &Home) -> Result<RotateSummary> {
             resealed += 1;
         }
     }
+    let master_resealed = store.reseal_master_secret(&keyring, new)?;
     store.flush()?;
     write_atomically(&home.sealing_current(), hex::encode(target).as_bytes())?;
     fs::remove_file(home.sealing_next())
@@ -82,6 +85,9 @@ pub fn rotate_sealing_key(home: &Home) -> Result<RotateSummary> {
             return Err(Error::Internal(format!("support key of {id} is still sealed by an old key")));
         }
     }
+    if store.master_sealed_by()?.is_some_and(|id| id != target) {
+        return Err(Error::Internal("the master secret is still sealed by an old key".into()));
+    }
     let old: Vec<SealingKeyId> = keyring.ids().into_iter().filter(|id| *id != target).collect();
     let mut removed = Vec::new();
     for id in old {
@@ -89,14 +95,15 @@ pub fn rotate_sealing_key(home: &Home) -> Result<RotateSummary> {
         fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
         removed.push(path);
     }
-    tracing::info!(new_key = %hex::encode(target), resealed, resumed, "sealing key rotated");
-    Ok(RotateSummary { new_key: hex::encode(target), resumed, resealed, removed })
+    tracing::info!(new_key = %hex::encode(target), resealed, master_resealed, resumed, "sealing key rotated");
+    Ok(RotateSummary { new_key: hex::encode(target), resumed, resealed, master_resealed, removed })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::home::{InitOptions, init};
+    use crate::store::KeyMaterial;
     use ambishare_shared::{DatasetName, EntryId};
 
     #[test]
@@ -107,12 +114,14 @@ mod tests {
         let old = Keyring::load(&home).unwrap().current().id();
         let dataset: DatasetName = "d".parse().unwrap();
         let ids: Vec<EntryId> = (0..3).map(|_| EntryId::new()).collect();
+        let master;
         {
             let ring = Keyring::load(&home).unwrap();
             let store = OwnerStore::open(&home.store_dir()).unwrap();
+            master = store.master_secret(&ring).unwrap();
             for (i, id) in ids.iter().enumerate() {
                 let sealed = ring.current().seal(format!("key {i}").as_bytes(), id.as_bytes()).unwrap();
-                store.prepare(&dataset, &[i as u8; 32], id, b"e", &sealed).unwrap();
+                store.prepare(&dataset, &[i as u8; 32], id, b"e", &KeyMaterial::Sealed(sealed)).unwrap();
             }
         }
         // An interrupted rotation: the target is named, nothing re-sealed yet.
@@ -128,12 +137,14 @@ mod tests {
         let ring = Keyring::load(&home).unwrap();
         assert_eq!(ring.current().id(), key.id());
         let store = OwnerStore::open(&home.store_dir()).unwrap();
+        assert_eq!(store.master_sealed_by().unwrap(), Some(key.id()));
+        assert_eq!(store.master_secret(&ring).unwrap(), master);
         for (i, id) in ids.iter().enumerate() {
             let sealed = store.sealed_key(id).unwrap().unwrap();
             assert_eq!(ring.open(&sealed, id.as_bytes()).unwrap(), format!("key {i}").as_bytes());
         }
         drop(store);
         let again = rotate_sealing_key(&home).unwrap();
-        assert!(!again.resumed && again.resealed == 3 && again.removed.len() == 1);
+        assert!(!again.resumed && again.resealed == 3 && again.master_resealed && again.removed.len() == 1);
     }
 }

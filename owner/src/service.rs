@@ -23,7 +23,9 @@ use ambishare_proto::owner::v1::key_service_server::{KeyService, KeyServiceServe
 use ambishare_proto::owner::v1::owner_admin_server::{OwnerAdmin, OwnerAdminServer};
 use ambishare_proto::types::v1 as types_pb;
 use ambishare_shared::crypto::PublicKey;
-use ambishare_shared::{DatasetName, Entry, EntryId, Manifest, ModelId, OwnerId, PartyName, SupportKey, Tier};
+use ambishare_shared::{
+    DatasetName, Entry, EntryId, Manifest, MasterSecret, ModelId, OwnerId, PartyName, SupportKey, Tier,
+};
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -37,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::home::{Home, Keyring};
 use crate::pki::{Fingerprint, PeerCert, fingerprint, pem_to_der};
 use crate::publish::{PublishEvent, PublishJob, Publisher};
-use crate::store::OwnerStore;
+use crate::store::{KeyMaterial, OwnerStore};
 use crate::types::{AuditEvent, AuditQuery, Denial, Grant, now_unix_ms};
 
 /// Most entry ids in one `GetKeys` call.
@@ -80,6 +82,10 @@ pub async fn serve(
     let keyring = Arc::new(Keyring::load(&home)?);
     let store_dir = home.store_dir();
     let store = Arc::new(blocking(move || OwnerStore::open(&store_dir)).await?);
+    let master = {
+        let (store, keyring) = (store.clone(), keyring.clone());
+        Arc::new(blocking(move || store.master_secret(&keyring)).await?)
+    };
     let admin = AdminOps::new(&home, store.clone(), owner)?;
     let admin_fingerprint = fingerprint(&pem_to_der(&home.read_pem("admin.pem")?)?);
     // Certificates refused in the handshake are audited into the store.
@@ -92,6 +98,7 @@ pub async fn serve(
     let state = Arc::new(State {
         store: store.clone(),
         keyring: keyring.clone(),
+        master,
         owner,
         public_key,
         admin_fingerprint,
@@ -167,6 +174,8 @@ impl GroupFlush {
 struct State {
     store: Arc<OwnerStore>,
     keyring: Arc<Keyring>,
+    /// Every v3 entry's key derives from it.
+    master: Arc<MasterSecret>,
     owner: OwnerId,
     public_key: PublicKey,
     admin_fingerprint: Fingerprint,
@@ -330,8 +339,22 @@ impl State {
             Ok(t) => t,
             Err(d) => return Ok(Err(d)),
         };
-        let sealed =
-            self.store.sealed_key(&id)?.ok_or_else(|| Error::corrupt("keys", format!("no sealed key for {id}")))?;
+        let material =
+            self.store.key_material(&id)?.ok_or_else(|| Error::corrupt("keys", format!("no key material for {id}")))?;
+        let sealed = match material {
+            KeyMaterial::Derived { tag, bands } => {
+                // Format v3: derived on the spot; a preview is the smallest tier's secret.
+                let full = self.master.entry_key(&tag, &bands);
+                let key = match tier {
+                    Tier::Full => full,
+                    Tier::Preview => {
+                        full.preview(bands.bounds()[0]).map_err(|e| Error::corrupt("tags", e.to_string()))?
+                    }
+                };
+                return Ok(Ok((key.encode(), tier)));
+            }
+            KeyMaterial::Sealed(sealed) => sealed,
+        };
         let full = self.keyring.open(&sealed, id.as_bytes())?;
         match tier {
             Tier::Full => Ok(Ok((full, Tier::Full))),

@@ -5,25 +5,27 @@
 //! | `sources` | dataset `\0` sha256(file)    | entry id (16 bytes)                      |
 //! | `entries` | entry id                     | [`EntryRecord`]: state, dataset, source  |
 //! | `signed`  | entry id                     | the signed entry (protobuf), as first sent |
-//! | `keys`    | entry id                     | sealed full support key                  |
+//! | `keys`    | entry id                     | sealed full support key (format v2 entries) |
+//! | `tags`    | entry id                     | entry tag and bands (format v3 entries: the key derives from the master secret) |
 //! | `grants`  | party `\0` dataset           | `GrantInfo` (protobuf)                   |
 //! | `certs`   | certificate fingerprint      | [`CertRecord`]                           |
 //! | `audit`   | seq (u64 big-endian)         | `AuditEvent` (protobuf)                  |
 //! | `models`  | model id                     | manifest bytes                           |
-//! | `meta`    | name                         | bytes                                    |
+//! | `meta`    | name                         | bytes (`master-secret`: the sealed master secret) |
 //!
-//! A source, its entry and its sealed key are written in one transaction, so
+//! A source, its entry and its key material are written in one transaction, so
 //! a crash leaves all three or none.
 
 use std::path::Path;
 
 use ambishare_proto::owner::v1 as pb;
-use ambishare_shared::{DatasetName, EntryId, ModelId, PartyName};
+use ambishare_shared::{Bands, DatasetName, EntryId, EntryTag, MasterSecret, ModelId, PartyName};
 use prost::Message;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::{Error, Result};
+use crate::home::Keyring;
 use crate::pki::Fingerprint;
 use crate::types::{AuditEvent, Grant};
 
@@ -75,6 +77,43 @@ struct CertRecord {
     revoked_unix_ms: i64,
 }
 
+/// What the owner keeps to release an entry's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyMaterial {
+    /// Format v2: the full support key, sealed.
+    Sealed(Vec<u8>),
+    /// Format v3: the entry's tag and its model's bands; the key derives from the master secret.
+    Derived { tag: EntryTag, bands: Bands },
+}
+
+/// Name of the sealed master secret in `meta`, and its additional authenticated data.
+const MASTER_SECRET: &str = "master-secret";
+const MASTER_AAD: &[u8] = b"ambishare master secret";
+
+fn encode_tag_record(tag: &EntryTag, bands: &Bands) -> Vec<u8> {
+    let mut out = Vec::with_capacity(33 + 2 * bands.bounds().len());
+    out.extend_from_slice(tag.as_bytes());
+    out.push(bands.bounds().len() as u8);
+    for b in bands.bounds() {
+        out.extend_from_slice(&b.to_le_bytes());
+    }
+    out
+}
+
+fn decode_tag_record(bytes: &[u8]) -> Result<KeyMaterial> {
+    let bad = |why: &str| Error::corrupt("tags", why.to_string());
+    let (tag, rest) = bytes.split_at_checked(32).ok_or_else(|| bad("record too short"))?;
+    let (&count, rest) = rest.split_first().ok_or_else(|| bad("record too short"))?;
+    if rest.len() != 2 * count as usize {
+        return Err(bad("bands of the wrong length"));
+    }
+    let bounds = rest.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    Ok(KeyMaterial::Derived {
+        tag: EntryTag::from_bytes(tag).map_err(|e| bad(&e.to_string()))?,
+        bands: Bands::new(bounds).map_err(|e| bad(&e.to_string()))?,
+    })
+}
+
 /// An entry this owner created (its signed bytes are in [`OwnerStore::signed_entry`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEntry {
@@ -101,6 +140,7 @@ pub struct OwnerStore {
     entries: sled::Tree,
     signed: sled::Tree,
     keys: sled::Tree,
+    tags: sled::Tree,
     grants: sled::Tree,
     certs: sled::Tree,
     audit: sled::Tree,
@@ -184,6 +224,7 @@ impl OwnerStore {
             entries: tree("entries")?,
             signed: tree("signed")?,
             keys: tree("keys")?,
+            tags: tree("tags")?,
             grants: tree("grants")?,
             certs: tree("certs")?,
             audit,
@@ -215,15 +256,16 @@ impl OwnerStore {
         Ok(Some((id, entry.state)))
     }
 
-    /// Stores a new entry, its source and its sealed key in one transaction, as
-    /// prepared, and flushes. Refuses a source that already has an entry.
+    /// Stores a new entry, its source and its key material in one
+    /// transaction, as prepared, and flushes. Refuses a source that already
+    /// has an entry.
     pub fn prepare(
         &self,
         dataset: &DatasetName,
         source_sha256: &[u8; 32],
         id: &EntryId,
         entry_pb: &[u8],
-        sealed_key: &[u8],
+        key: &KeyMaterial,
     ) -> Result<()> {
         let record = EntryRecord {
             state: EntryState::Prepared.tag(),
@@ -232,8 +274,12 @@ impl OwnerStore {
         }
         .encode_to_vec();
         let skey = source_key(dataset, source_sha256);
-        (&self.sources, &self.entries, &self.signed, &self.keys)
-            .transaction(|(sources, entries, signed, keys)| {
+        let (sealed, tag) = match key {
+            KeyMaterial::Sealed(sealed) => (Some(sealed.as_slice()), None),
+            KeyMaterial::Derived { tag, bands } => (None, Some(encode_tag_record(tag, bands))),
+        };
+        (&self.sources, &self.entries, &self.signed, &self.keys, &self.tags)
+            .transaction(|(sources, entries, signed, keys, tags)| {
                 if sources.get(&skey)?.is_some() {
                     return Err(ConflictableTransactionError::Abort(Error::FailedPrecondition(
                         "this source already has an entry".into(),
@@ -242,7 +288,12 @@ impl OwnerStore {
                 sources.insert(skey.as_slice(), id.as_bytes().as_slice())?;
                 entries.insert(id.as_bytes().as_slice(), record.as_slice())?;
                 signed.insert(id.as_bytes().as_slice(), entry_pb)?;
-                keys.insert(id.as_bytes().as_slice(), sealed_key)?;
+                if let Some(sealed) = sealed {
+                    keys.insert(id.as_bytes().as_slice(), sealed)?;
+                }
+                if let Some(tag) = &tag {
+                    tags.insert(id.as_bytes().as_slice(), tag.as_slice())?;
+                }
                 Ok(())
             })
             .map_err(tx_err)?;
@@ -309,6 +360,61 @@ impl OwnerStore {
 
     pub fn sealed_key(&self, id: &EntryId) -> Result<Option<Vec<u8>>> {
         Ok(self.keys.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// What releases the key of an entry: its tag (v3) or its sealed key (v2).
+    pub fn key_material(&self, id: &EntryId) -> Result<Option<KeyMaterial>> {
+        if let Some(record) = self.tags.get(id.as_bytes())? {
+            return decode_tag_record(&record).map(Some);
+        }
+        Ok(self.sealed_key(id)?.map(KeyMaterial::Sealed))
+    }
+
+    /// Entries with key material (sealed keys and tags).
+    pub fn key_material_count(&self) -> usize {
+        self.keys.len() + self.tags.len()
+    }
+
+    /// The owner's master secret, made and sealed on first use (one
+    /// compare-and-swap, so two first users agree on one secret).
+    pub fn master_secret(&self, keyring: &Keyring) -> Result<MasterSecret> {
+        if let Some(sealed) = self.meta.get(MASTER_SECRET)? {
+            return MasterSecret::from_bytes(&keyring.open(&sealed, MASTER_AAD)?)
+                .map_err(|e| Error::corrupt("meta", e.to_string()));
+        }
+        let fresh = MasterSecret::generate()?;
+        let sealed = keyring.current().seal(fresh.expose(), MASTER_AAD)?;
+        match self.meta.compare_and_swap(MASTER_SECRET, None as Option<&[u8]>, Some(sealed))? {
+            Ok(()) => {
+                self.flush()?;
+                tracing::info!("master secret created and sealed");
+                Ok(fresh)
+            }
+            Err(_) => self.master_secret(keyring),
+        }
+    }
+
+    /// Re-seals the master secret with `target` when another key sealed it
+    /// (`keyring` opens it). Returns whether it did.
+    pub fn reseal_master_secret(
+        &self,
+        keyring: &Keyring,
+        target: &ambishare_shared::crypto::SealingKey,
+    ) -> Result<bool> {
+        let Some(sealed) = self.meta.get(MASTER_SECRET)? else { return Ok(false) };
+        if ambishare_shared::crypto::SealingKey::sealed_by(&sealed) == Some(target.id()) {
+            return Ok(false);
+        }
+        let plain = keyring.open(&sealed, MASTER_AAD)?;
+        let fresh = target.seal(&plain, MASTER_AAD)?;
+        let swapped = self.meta.compare_and_swap(MASTER_SECRET, Some(sealed), Some(fresh))?.is_ok();
+        self.flush()?;
+        Ok(swapped)
+    }
+
+    /// Which key seals the master secret (None before it exists).
+    pub fn master_sealed_by(&self) -> Result<Option<ambishare_shared::crypto::SealingKeyId>> {
+        Ok(self.meta.get(MASTER_SECRET)?.and_then(|s| ambishare_shared::crypto::SealingKey::sealed_by(&s)))
     }
 
     /// Every sealed key with its entry id.
@@ -524,10 +630,10 @@ mod tests {
         let store = OwnerStore::open(dir.path()).unwrap();
         let dataset: DatasetName = "d".parse().unwrap();
         let (id, sha) = (EntryId::new(), [7u8; 32]);
-        store.prepare(&dataset, &sha, &id, b"entry", b"sealed").unwrap();
+        store.prepare(&dataset, &sha, &id, b"entry", &KeyMaterial::Sealed(b"sealed".to_vec())).unwrap();
         assert_eq!(store.source_entry(&dataset, &sha).unwrap(), Some((id, EntryState::Prepared)));
         let other = EntryId::new();
-        assert!(store.prepare(&dataset, &sha, &other, b"entry2", b"sealed2").is_err());
+        assert!(store.prepare(&dataset, &sha, &other, b"entry2", &KeyMaterial::Sealed(b"sealed2".to_vec())).is_err());
         assert!(store.entry(&other).unwrap().is_none() && store.sealed_key(&other).unwrap().is_none());
         assert!(store.signed_entry(&other).unwrap().is_none());
         store.mark_published(&[id]).unwrap();

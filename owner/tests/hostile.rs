@@ -157,7 +157,7 @@ async fn certificates_refused_in_the_handshake_get_no_keys_and_are_audited() {
             }
         }
         // The admin service too refuses an expired certificate in the handshake.
-        let expired_admin = ambishare_owner::ClientIdentity {
+        let expired_admin = ambishare_rpc::ClientIdentity {
             cert_pem: expired.cert_pem.clone(),
             key_pem: expired.key_pem.clone(),
             ca_pem: ca.clone(),
@@ -320,9 +320,9 @@ async fn hostile_images_are_reported_skipped_and_leave_nothing_stored() {
         for path in &good {
             let sha = ambishare_shared::ids::sha256(&std::fs::read(path).unwrap());
             let (id, _) = store.source_entry(&dataset, &sha).unwrap().unwrap();
-            assert!(store.sealed_key(&id).unwrap().is_some());
+            assert!(store.key_material(&id).unwrap().is_some());
         }
-        assert_eq!(store.sealed_keys().count(), good.len(), "no key sealed for a bad file");
+        assert_eq!(store.key_material_count(), good.len(), "no key kept for a bad file");
         drop(store);
         let client = registry.client().await;
         let owner_id = owner.home.load_signing_key().unwrap().public_key().owner_id();

@@ -6,8 +6,9 @@ mod common;
 
 use std::collections::HashSet;
 
-use ambishare_owner::{AuditQuery, AuditResult, Denial, Error, GrantRequest, KeyClient};
+use ambishare_owner::{AuditQuery, AuditResult, Denial, Error, GrantRequest};
 use ambishare_proto::owner::v1 as pb;
+use ambishare_rpc::KeyClient;
 use ambishare_shared::{EntryId, PartyName, Tier};
 use common::*;
 
@@ -223,7 +224,7 @@ async fn refused_clients_get_no_key_bytes() {
                 dataset: "alpha".parse().unwrap(),
                 tier: Tier::Full,
                 expires_unix_ms: Some(far),
-                csr_pem: Some(ambishare_owner::pki::make_csr("far-lab").unwrap().0),
+                csr_pem: Some(ambishare_rpc::make_csr("far-lab").unwrap().0),
                 certificate_days: Some(30),
             })
             .await
@@ -292,7 +293,7 @@ async fn revocation_applies_to_an_open_channel() {
         // Revoking the party: its certificate is refused on the open channel.
         admin.revoke(&party, None).await.unwrap();
         match client.get_keys(&alpha).await {
-            Err(Error::Remote(status)) => assert_eq!(status.code(), tonic::Code::PermissionDenied),
+            Err(ambishare_rpc::Error::Rpc(status)) => assert_eq!(status.code(), tonic::Code::PermissionDenied),
             other => panic!("revoked party served: {other:?}"),
         }
         assert!(client.who_am_i().await.is_err());

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use ambishare_owner::store::{EntryState, OwnerStore};
 use ambishare_owner::{
-    AdminClient, AuditQuery, AuditResult, Error, FileOutcome, GrantRequest, KeyClient, PublishEvent, PublishJob,
-    PublishSummary,
+    AdminClient, AuditQuery, AuditResult, Error, FileOutcome, GrantRequest, PublishEvent, PublishJob, PublishSummary,
 };
 use ambishare_proto::types::v1 as types_pb;
+use ambishare_rpc::KeyClient;
 use ambishare_shared::{DatasetName, Entry, EntryId, OwnerId, Tier};
 use common::*;
 use prost::Message;

@@ -12,8 +12,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ambishare_registry::Config;
-use ambishare_registry::client::PublishOutcome;
 use ambishare_registry::store::Engine;
+use ambishare_rpc::PublishOutcome;
 use ambishare_shared::Entry;
 use common::{Node, TestModel, owner_key, test_config};
 use futures::TryStreamExt;

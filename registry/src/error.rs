@@ -4,9 +4,10 @@ use thiserror::Error;
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
-/// Errors of the registry (server and client). The first group is the fault of
-/// whoever sent the request; the second is ours (or the system's); the last
-/// is what a client sees of a remote registry.
+/// Errors of the registry. The first group is the fault of whoever sent the
+/// request; the second is ours (or the system's); the last is a status from
+/// the transport, passed on as it is. (What a client sees of a remote
+/// registry is `ambishare_rpc::Error`.)
 #[derive(Debug, Error)]
 pub enum Error {
     /// A request field failed validation (an id, a code, a size, a token).
@@ -60,12 +61,9 @@ pub enum Error {
     #[error("internal: {0}")]
     Internal(String),
 
-    /// A remote registry answered with this status.
-    #[error("registry answered {}: {}", .0.code(), .0.message())]
+    /// A status from the transport (a message too large, a cancelled stream).
+    #[error("{}: {}", .0.code(), .0.message())]
     Rpc(Box<Status>),
-    /// A remote registry answered something that does not check out.
-    #[error("bad response from the registry: {0}")]
-    BadResponse(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -112,8 +110,7 @@ impl Error {
             | Error::Config(_)
             | Error::Io { .. }
             | Error::Transport(_)
-            | Error::Internal(_)
-            | Error::BadResponse(_) => Code::Internal,
+            | Error::Internal(_) => Code::Internal,
         }
     }
 }

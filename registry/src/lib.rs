@@ -5,8 +5,8 @@
 //! written by a single group-committing writer ([`writer`]) into a [`Store`]
 //! (sled by default) together with their indexes ([`db`]), and acknowledged
 //! only once flushed. [`serve`] runs the gRPC endpoint with health, reflection
-//! and an optional Prometheus endpoint; [`client`] is the typed client the
-//! other nodes use.
+//! and an optional Prometheus endpoint. Its typed client is in `ambishare-rpc`
+//! (the other nodes link that, never this crate).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +19,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{info, info_span, warn};
 
-pub mod client;
 pub mod config;
 mod db;
 pub mod error;
@@ -29,7 +28,6 @@ pub mod store;
 pub mod tls_cert;
 mod writer;
 
-pub use client::{ClientTlsOptions, EntryPage, FetchedModel, PublishAck, PublishOutcome, RegistryClient};
 pub use config::{Cli, Command, Config, Limits};
 pub use db::Stats;
 pub use error::{Error, Result};

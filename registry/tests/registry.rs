@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use ambishare_proto::registry::v1 as rpb;
 use ambishare_proto::types::v1 as pb;
 use ambishare_registry::Config;
-use ambishare_registry::client::{ClientTlsOptions, PublishOutcome, RegistryClient};
+use ambishare_rpc::{ClientTlsOptions, PublishOutcome, RegistryClient};
 use ambishare_shared::crypto::SigningKey;
 use ambishare_shared::entry::{NewEntry, deletion_bytes, registration_bytes};
 use ambishare_shared::{DatasetName, Entry, EntryId, ModelId, OwnerId};
@@ -834,6 +834,11 @@ async fn shutdown_finishes_open_publishes_and_keeps_every_acknowledged_entry() {
         node.stop().await;
     })
     .await;
+}
+
+#[test]
+fn the_client_sends_and_accepts_what_the_registry_does_by_default() {
+    assert_eq!(ambishare_rpc::registry::MAX_MESSAGE_BYTES, ambishare_registry::config::DEFAULT_MAX_MESSAGE_BYTES);
 }
 
 #[test]

@@ -1,23 +1,22 @@
-//! Typed mTLS clients of an owner node: [`KeyClient`] for a party's node
-//! (fetches support keys), [`AdminClient`] for the owner's CLI.
+//! The typed mTLS client of an owner's key service ([`KeyClient`]: a party
+//! fetches its entry keys), and the TLS identity every client of an owner
+//! node presents ([`ClientIdentity`], also the owner CLI's admin identity).
 
 use std::time::Duration;
 
 use ambishare_proto::owner::v1 as pb;
 use ambishare_proto::owner::v1::key_service_client::KeyServiceClient;
-use ambishare_proto::owner::v1::owner_admin_client::OwnerAdminClient;
 use ambishare_shared::crypto::PublicKey;
-use ambishare_shared::{DatasetName, EntryId, OwnerId, PartyName, SupportKey, Tier};
+use ambishare_shared::{EntryId, EntryKey, OwnerId, PartyName, Tier};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::{Error, Result};
-use crate::home::Home;
-use crate::publish::{FileEvent, PublishEvent, PublishJob, PublishSummary};
-use crate::service::MAX_IDS_PER_CALL;
-use crate::types::{AuditEvent, AuditQuery, Denial, Grant, GrantOutcome, GrantRequest};
+use crate::grant::{Denial, Grant};
 
-/// Largest response a client accepts (a batch of large keys).
-const MAX_RESPONSE_BYTES: usize = 256 << 20;
+/// Largest response a client of an owner node accepts (a batch of large keys).
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+/// Most entry ids in one `GetKeys` call: the key service refuses more.
+pub const MAX_IDS_PER_CALL: usize = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client's TLS identity: its certificate and key, the CA it trusts for the
@@ -39,27 +38,27 @@ impl std::fmt::Debug for ClientIdentity {
 }
 
 impl ClientIdentity {
-    /// The owner's admin identity from its home directory (key permissions checked).
-    pub fn admin(home: &Home, domain: &str) -> Result<Self> {
-        Ok(ClientIdentity {
-            cert_pem: home.read_pem("admin.pem")?,
-            key_pem: home.read_key_pem("admin.key")?,
-            ca_pem: home.read_pem("server-ca.pem")?,
-            domain: domain.to_owned(),
-        })
+    /// The TLS settings of a connection to the owner's node: trust its server
+    /// CA only, present this certificate, check `domain`.
+    pub fn tls_config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(self.domain.clone())
+    }
+
+    /// A channel to the owner's node at `url` over mutual TLS.
+    pub async fn connect(&self, url: &str) -> Result<Channel> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Error::Config(format!("owner url {url:?}: {e}")))?
+            .tls_config(self.tls_config())?
+            .connect_timeout(CONNECT_TIMEOUT);
+        Ok(endpoint.connect().await?)
     }
 }
 
-async fn channel(url: &str, identity: &ClientIdentity) -> Result<Channel> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&identity.ca_pem))
-        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
-        .domain_name(identity.domain.clone());
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| Error::invalid("owner url", e.to_string()))?
-        .tls_config(tls)?
-        .connect_timeout(CONNECT_TIMEOUT);
-    Ok(endpoint.connect().await?)
+fn bad(reason: impl Into<String>) -> Error {
+    Error::BadResponse(reason.into())
 }
 
 /// A party's view of itself, as the owner sees it.
@@ -73,7 +72,7 @@ pub struct WhoAmI {
 }
 
 /// One id's answer: the key, or why it was denied.
-pub type KeyAnswer = (EntryId, Result<SupportKey, Denial>);
+pub type KeyAnswer = (EntryId, Result<EntryKey, Denial>);
 
 /// Fetches support keys from an owner's key service over mutual TLS.
 #[derive(Clone, Debug)]
@@ -88,7 +87,7 @@ impl KeyClient {
 
     /// Connects (TLS 1.3: a refused certificate may only show at the first request).
     pub async fn connect(url: &str, identity: ClientIdentity) -> Result<Self> {
-        let inner = KeyServiceClient::new(channel(url, &identity).await?).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let inner = KeyServiceClient::new(identity.connect(url).await?).max_decoding_message_size(MAX_RESPONSE_BYTES);
         Ok(KeyClient { inner, batch: Self::DEFAULT_BATCH })
     }
 
@@ -105,11 +104,7 @@ impl KeyClient {
             let request = pb::GetKeysRequest { entry_ids: chunk.iter().map(EntryId::to_string).collect() };
             let response = self.inner.get_keys(request).await?.into_inner();
             if response.results.len() != chunk.len() {
-                return Err(Error::Protocol(format!(
-                    "asked for {} keys, got {} answers",
-                    chunk.len(),
-                    response.results.len()
-                )));
+                return Err(bad(format!("asked for {} keys, got {} answers", chunk.len(), response.results.len())));
             }
             for (id, result) in chunk.iter().zip(response.results) {
                 out.push((*id, parse_result(id, result)?));
@@ -120,124 +115,41 @@ impl KeyClient {
 
     pub async fn who_am_i(&mut self) -> Result<WhoAmI> {
         let r = self.inner.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
-        let owner_public_key = PublicKey::from_bytes(&r.owner_public_key)?;
-        let owner_id: OwnerId = r.owner_id.parse()?;
+        let owner_public_key = PublicKey::from_bytes(&r.owner_public_key).map_err(|e| bad(e.to_string()))?;
+        let owner_id: OwnerId = r.owner_id.parse().map_err(|e: ambishare_shared::Error| bad(e.to_string()))?;
         if owner_public_key.owner_id() != owner_id {
-            return Err(Error::Protocol("the owner's public key does not match its id".into()));
+            return Err(bad("the owner's public key does not match its id"));
         }
         Ok(WhoAmI {
-            party: r.party.parse()?,
+            party: r.party.parse().map_err(|e: ambishare_shared::Error| bad(e.to_string()))?,
             owner_id,
             owner_public_key,
-            grants: r.grants.into_iter().map(Grant::try_from).collect::<Result<_>>()?,
+            grants: r
+                .grants
+                .into_iter()
+                .map(Grant::try_from)
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(e.to_string()))?,
         })
     }
 }
 
-fn parse_result(id: &EntryId, result: pb::KeyResult) -> Result<Result<SupportKey, Denial>> {
+fn parse_result(id: &EntryId, result: pb::KeyResult) -> Result<Result<EntryKey, Denial>> {
     if result.entry_id != id.to_string() {
-        return Err(Error::Protocol(format!("asked for {id}, got an answer for {:?}", result.entry_id)));
+        return Err(bad(format!("asked for {id}, got an answer for {:?}", result.entry_id)));
     }
     match result.result {
         Some(pb::key_result::Result::Key(bytes)) => {
-            let key = SupportKey::decode(&bytes).map_err(|e| Error::Protocol(format!("key of {id}: {e}")))?;
-            let tier = Tier::try_from(result.tier).map_err(|e| Error::Protocol(format!("key of {id}: {e}")))?;
+            let key = EntryKey::decode(&bytes).map_err(|e| bad(format!("key of {id}: {e}")))?;
+            let tier = Tier::try_from(result.tier).map_err(|e| bad(format!("key of {id}: {e}")))?;
             if key.tier() != tier {
-                return Err(Error::Protocol(format!("key of {id} is {} but announced as {tier}", key.tier())));
+                return Err(bad(format!("key of {id} is {} but announced as {tier}", key.tier())));
             }
             Ok(Ok(key))
         }
         Some(pb::key_result::Result::Denial(d)) => {
-            Ok(Err(Denial::try_from(d).map_err(|e| Error::Protocol(format!("denial of {id}: {e}")))?))
+            Ok(Err(Denial::try_from(d).map_err(|e| bad(format!("denial of {id}: {e}")))?))
         }
-        None => Err(Error::Protocol(format!("no answer for {id}"))),
-    }
-}
-
-/// The owner's admin client (used by the CLI against a running `serve`).
-#[derive(Clone, Debug)]
-pub struct AdminClient {
-    inner: OwnerAdminClient<Channel>,
-}
-
-impl AdminClient {
-    pub async fn connect(url: &str, identity: ClientIdentity) -> Result<Self> {
-        let inner = OwnerAdminClient::new(channel(url, &identity).await?).max_decoding_message_size(MAX_RESPONSE_BYTES);
-        Ok(AdminClient { inner })
-    }
-
-    pub async fn grant(&mut self, request: &GrantRequest) -> Result<GrantOutcome> {
-        let r = self.inner.grant(pb::GrantRequest::from(request)).await?.into_inner();
-        let grant = r.grant.ok_or_else(|| Error::Protocol("grant response without the grant".into()))?;
-        Ok(GrantOutcome {
-            grant: Grant::try_from(grant)?,
-            certificate_pem: (!r.certificate_pem.is_empty()).then_some(r.certificate_pem),
-            server_ca_pem: r.server_ca_pem,
-            owner_id: r.owner_id.parse()?,
-        })
-    }
-
-    pub async fn revoke(&mut self, party: &PartyName, dataset: Option<&DatasetName>) -> Result<u32> {
-        let request = pb::RevokeRequest {
-            party: party.to_string(),
-            dataset: dataset.map(ToString::to_string).unwrap_or_default(),
-        };
-        Ok(self.inner.revoke(request).await?.into_inner().revoked)
-    }
-
-    pub async fn list_grants(&mut self, party: Option<&PartyName>) -> Result<Vec<Grant>> {
-        let request = pb::ListGrantsRequest { party: party.map(ToString::to_string).unwrap_or_default() };
-        let r = self.inner.list_grants(request).await?.into_inner();
-        r.grants.into_iter().map(Grant::try_from).collect()
-    }
-
-    pub async fn audit_log(&mut self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
-        let request = pb::AuditLogRequest {
-            after_seq: query.after_seq,
-            limit: query.limit,
-            party: query.party.clone().unwrap_or_default(),
-        };
-        let r = self.inner.audit_log(request).await?.into_inner();
-        r.events.into_iter().map(AuditEvent::try_from).collect()
-    }
-
-    /// Has the node publish `job` (its paths absolute, on the node's machine),
-    /// calling `on_event` as the node reports progress. Dropping the future
-    /// stops the job after its current batch; running it again resumes it.
-    pub async fn publish(
-        &mut self,
-        job: &PublishJob,
-        mut on_event: impl FnMut(&PublishEvent),
-    ) -> Result<PublishSummary> {
-        let request = pb::PublishJobRequest::try_from(job)?;
-        let mut stream = self.inner.publish(request).await?.into_inner();
-        let mut summary = PublishSummary::default();
-        while let Some(message) = stream.message().await? {
-            match message.event {
-                Some(pb::publish_job_event::Event::Started(s)) => {
-                    let files = usize::try_from(s.files).unwrap_or(usize::MAX);
-                    let resend = usize::try_from(s.resend).unwrap_or(usize::MAX);
-                    on_event(&PublishEvent::Started { files, resend });
-                }
-                Some(pb::publish_job_event::Event::File(f)) => {
-                    let event = FileEvent::try_from(f)?;
-                    summary.record(&event);
-                    on_event(&PublishEvent::File(event));
-                }
-                Some(pb::publish_job_event::Event::Summary(counts)) => {
-                    if !summary.matches(&counts) {
-                        return Err(Error::Protocol(format!(
-                            "the node's summary ({counts:?}) does not match the files it reported ({})",
-                            summary
-                        )));
-                    }
-                    summary.files.sort();
-                    summary.interrupted = counts.interrupted;
-                    return Ok(summary);
-                }
-                None => return Err(Error::Protocol("a publish event without content".into())),
-            }
-        }
-        Err(Error::Protocol("the publish stream ended without a summary".into()))
+        None => Err(bad(format!("no answer for {id}"))),
     }
 }

@@ -1,5 +1,6 @@
-//! A typed client of the registry for the other nodes: it signs what it
-//! sends, and checks what it receives (ids, hashes, entries) before returning it.
+//! A typed client of the registry, for the owner's node, the party's node
+//! and the tests: it signs what it sends, and checks what it receives (ids,
+//! hashes, entries) before returning it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,10 +17,13 @@ use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::{Error, Result};
-use crate::service::MODEL_CHUNK_BYTES;
 
-/// Largest message the client sends or accepts (the server's default).
-pub const MAX_MESSAGE_BYTES: usize = crate::config::DEFAULT_MAX_MESSAGE_BYTES;
+/// Largest message the client sends or accepts: the registry's default
+/// `max_message_bytes` (the registry's tests check the two agree).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Size of the chunks a model is uploaded in (the registry sends its downloads
+/// in chunks of this size too; either side accepts any size under the message limit).
+pub const MODEL_CHUNK_BYTES: usize = 256 << 10;
 /// Most entries in one publish message.
 pub const PUBLISH_BATCH: usize = 64;
 /// Bytes of entries in one publish message, at most (a single larger entry goes alone).

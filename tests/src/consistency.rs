@@ -221,12 +221,12 @@ pub fn read_owner_store(home: &Home) -> Result<OwnerSnapshot> {
     let mut sources: HashMap<(String, [u8; 32]), EntryId> = HashMap::new();
     for e in store.entries(None).map_err(owner_err)? {
         let signed = store.signed_entry(&e.id).map_err(owner_err)?;
-        let has_sealed_key = store.sealed_key(&e.id).map_err(owner_err)?.is_some();
+        let has_sealed_key = store.key_material(&e.id).map_err(owner_err)?.is_some();
         if signed.is_none() {
             problems.push(format!("owner entry {} has no signed bytes", e.id));
         }
         if !has_sealed_key {
-            problems.push(format!("owner entry {} has no sealed key", e.id));
+            problems.push(format!("owner entry {} has no key material", e.id));
         }
         if let Some(other) = sources.insert((e.dataset.to_string(), e.source_sha256), e.id) {
             problems.push(format!("owner entries {other} and {} come from the same source", e.id));

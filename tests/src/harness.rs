@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambishare_client::pull::{PullOptions, PullSummary};
-use ambishare_owner::{
-    AdminClient, ClientIdentity, GrantRequest, Home, InitOptions, PublishJob, PublishSummary, ServeConfig,
-};
-use ambishare_shared::{DatasetName, Device, PartyName, Tier, ValueCodec};
+use ambishare_owner::{AdminClient, GrantRequest, Home, InitOptions, PublishJob, PublishSummary, ServeConfig};
+use ambishare_rpc::ClientIdentity;
+use ambishare_shared::{CodeVersion, DatasetName, Device, PartyName, Tier, ValueCodec};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -121,12 +120,25 @@ impl TestOwner {
         model: &Path,
         inputs: Vec<PathBuf>,
     ) -> Result<PublishSummary> {
+        self.publish_format(registry, dataset, model, inputs, CodeVersion::V3).await
+    }
+
+    /// Publishes in a chosen code format (v2 only to test compatibility).
+    pub async fn publish_format(
+        &self,
+        registry: &TestRegistry,
+        dataset: &str,
+        model: &Path,
+        inputs: Vec<PathBuf>,
+        format: CodeVersion,
+    ) -> Result<PublishSummary> {
         // The node reads the files itself: it takes absolute paths.
         let inputs = inputs.iter().map(std::path::absolute).collect::<std::io::Result<Vec<_>>>()?;
         let job = PublishJob {
             display_name: Some("e2e owner".into()),
             device: Device::Cpu,
             codec: ValueCodec::Q8,
+            format,
             batch: 4,
             max_pixels: 1 << 24,
             ..PublishJob::new(dataset.parse()?, inputs, registry.url.clone(), std::path::absolute(model)?)
@@ -135,7 +147,7 @@ impl TestOwner {
     }
 
     pub async fn admin(&self) -> Result<AdminClient> {
-        let identity = ClientIdentity::admin(&self.home, "localhost").map_err(owner_err)?;
+        let identity = self.home.admin_identity("localhost").map_err(owner_err)?;
         AdminClient::connect(&self.url, identity).await.map_err(owner_err)
     }
 

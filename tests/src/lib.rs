@@ -10,12 +10,14 @@
 
 pub mod consistency;
 pub mod evaluation;
+pub mod fit;
 pub mod grid;
 pub mod harness;
 pub mod nodes;
 pub mod quality;
 pub mod quickstart;
 pub mod report;
+pub mod scheme;
 pub mod synth;
 
 use thiserror::Error;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use ambishare_owner::{AdminClient, ClientIdentity, GrantRequest, Home};
-use ambishare_registry::RegistryClient;
+use ambishare_owner::{AdminClient, GrantRequest, Home};
+use ambishare_rpc::{ClientIdentity, RegistryClient};
 use ambishare_shared::{DatasetName, Entry, OwnerId, PartyName, Tier};
 use futures::StreamExt;
 use rustix::process::{Pid, Signal, kill_process};
@@ -288,7 +288,7 @@ impl OwnerNode {
     }
 
     pub async fn admin(&self) -> Result<AdminClient> {
-        let identity = ClientIdentity::admin(&self.home, "localhost").map_err(owner_err)?;
+        let identity = self.home.admin_identity("localhost").map_err(owner_err)?;
         AdminClient::connect(&self.url(), identity).await.map_err(owner_err)
     }
 }
@@ -353,7 +353,7 @@ pub async fn enroll_party(
     tier: Tier,
 ) -> Result<ClientIdentity> {
     let party: PartyName = party.parse()?;
-    let (csr_pem, key_pem) = ambishare_owner::pki::make_csr(party.as_str()).map_err(owner_err)?;
+    let (csr_pem, key_pem) = ambishare_rpc::make_csr(party.as_str()).map_err(owner_err)?;
     let request = GrantRequest {
         party,
         dataset: dataset.clone(),
@@ -399,10 +399,12 @@ pub async fn list_all(
     }
 }
 
-pub fn owner_err(e: ambishare_owner::Error) -> Error {
+/// A failure of the owner node, or of a call to it (`ambishare_owner::Error`, `ambishare_rpc::Error`).
+pub fn owner_err(e: impl std::fmt::Display) -> Error {
     Error::Other(format!("owner: {e}"))
 }
 
-pub fn registry_err(e: ambishare_registry::Error) -> Error {
+/// A failure of a call to the registry (`ambishare_rpc::Error`).
+pub fn registry_err(e: impl std::fmt::Display) -> Error {
     Error::Other(format!("registry: {e}"))
 }

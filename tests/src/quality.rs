@@ -9,6 +9,8 @@ use ambishare_shared::model::ModelRunner;
 use ambishare_shared::pipeline::{decode_image, encode_image};
 use ambishare_shared::quality::{psnr, ssim};
 use ambishare_shared::{FakeModel, ValueCodec, ambiguate, random_guess};
+
+use crate::scheme::DerivedScheme;
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageReader, RgbImage};
 use rand::{CryptoRng, Rng};
@@ -47,6 +49,8 @@ pub struct ImageReport {
     pub support_bits: f64,
     /// The key's entropy bound: L × (log2 C(k', k) + k sign bits) per tile.
     pub key_bound_bits: f64,
+    /// Reals moved by one q8 level off the fakes' bytes.
+    pub nudged: usize,
     /// Authorized (k), previews (largest k_p), public (k') and random guess (k of
     /// k') with signs scrambled and with the paper's scheme, JPEG.
     pub decodes: Vec<Decoded>,
@@ -93,7 +97,7 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
 /// Measures every decode of `original` under `runner`'s model.
 pub fn report_image<R: Rng + CryptoRng>(
     runner: &ModelRunner,
-    fakes: &FakeModel,
+    scheme: &DerivedScheme,
     name: &str,
     original: &RgbImage,
     rng: &mut R,
@@ -102,20 +106,21 @@ pub fn report_image<R: Rng + CryptoRng>(
     let (w, h) = original.dimensions();
     let code = encode_image(runner, original)?;
     let shape = code.shape();
-    let (public, key) = ambiguate(&code, m.k_fake, ValueCodec::Q8, fakes, rng)?;
+    let derived = scheme.publish(&code)?;
+    let (public, key) = (&derived.public, &derived.key);
     let mut decodes = Vec::new();
-    let authorized = key.disambiguate(&public)?;
+    let authorized = key.disambiguate(public)?;
     decodes.push(Decoded::measure(
         format!("authorized (k={})", m.k),
         original,
         decode_image(runner, &authorized, w, h)?,
     )?);
     for &kp in &m.preview_k {
-        let pk = key.preview(&public, kp)?.disambiguate(&public)?;
+        let pk = key.preview(kp)?.disambiguate(public)?;
         decodes.push(Decoded::measure(format!("preview (k_p={kp})"), original, decode_image(runner, &pk, w, h)?)?);
     }
     let nnz = public.nnz();
-    let guess = random_guess(&public, m.k, rng)?;
+    let guess = random_guess(public, m.k, rng)?;
     decodes.push(Decoded::measure(
         format!("public (k'={nnz}), signs scrambled"),
         original,
@@ -154,7 +159,8 @@ pub fn report_image<R: Rng + CryptoRng>(
         public_code_bytes: public.encode().len(),
         key_bytes: key.encode().len(),
         support_bits,
-        key_bound_bits: key.entropy_bits(),
+        key_bound_bits: derived.support.entropy_bits(),
+        nudged: derived.nudged,
         decodes,
         jpeg_bytes: jpeg.len(),
         jpeg_quality,

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ambishare_client::browse::{BrowseOptions, browse};
-use ambishare_owner::Denial;
 use ambishare_proto::types::v1 as pb;
 use ambishare_registry::store::{Engine, SledOptions, Tree, open as open_store};
+use ambishare_rpc::Denial;
 use ambishare_shared::quality::{psnr, ssim};
 use ambishare_shared::{Device, EntryId, Tier};
 use ambishare_tests::harness::{TestOwner, TestParty, TestRegistry, repo_root, within};
@@ -191,6 +191,79 @@ async fn an_entry_tampered_with_in_the_registry_store_is_caught() {
         assert_eq!(pulled.bad_signature, vec![victim], "{}", pulled.report());
         assert_eq!(pulled.decoded_total(), 1);
         assert!(!out.join(format!("{victim}.png")).exists(), "a tampered entry was decoded");
+        owner.stop().await;
+        registry.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// Format v3: one image published in two datasets gives byte-identical public
+/// codes (nothing to intersect); a full key is at most 64 bytes and a preview
+/// key the same size, whatever the image; an entry published in format v2
+/// still decodes beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republished_image_gives_the_same_code_small_keys_and_v2_still_decodes() {
+    use ambishare_rpc::KeyClient;
+    use ambishare_shared::{CodeVersion, EntryKey};
+
+    ambishare_shared::model::init_runtime(None).expect("ONNX Runtime: run deploy/setup.sh");
+    let dir = tempfile::tempdir().unwrap();
+    within(async {
+        let registry = TestRegistry::start(&dir.path().join("registry")).await.unwrap();
+        let owner = TestOwner::start(&dir.path().join("owner")).await.unwrap();
+        // A 512x512 photo: 64 tiles.
+        let photo = samples().into_iter().find(|p| load_rgb(p).unwrap().dimensions() == (512, 512)).unwrap();
+        let first = owner.publish(&registry, "first", &model_dir(), vec![photo.clone()]).await.unwrap();
+        let second = owner.publish(&registry, "second", &model_dir(), vec![photo.clone()]).await.unwrap();
+        let old = owner
+            .publish_format(&registry, "legacy", &model_dir(), vec![photo.clone()], CodeVersion::V2)
+            .await
+            .unwrap();
+        let (a, b, v2) = (first.files[0].1, second.files[0].1, old.files[0].1);
+        assert_ne!(a, b, "two datasets, two entries");
+
+        let client = ambishare_rpc::RegistryClient::connect(&registry.url, None).await.unwrap();
+        let (ea, eb, ev2) = (
+            client.get_entry(a).await.unwrap(),
+            client.get_entry(b).await.unwrap(),
+            client.get_entry(v2).await.unwrap(),
+        );
+        assert_eq!(ea.code.version(), CodeVersion::V3);
+        assert_eq!(ea.code.shape().tiles, 64);
+        assert_eq!(ea.code.encode(), eb.code.encode(), "a re-published image must give the identical public code");
+        assert_eq!(ev2.code.version(), CodeVersion::V2);
+
+        // Keys as the key service sends them.
+        let full = TestParty::enroll(&owner, &dir.path().join("alice"), "alice", "first", Tier::Full).await.unwrap();
+        let mut keys = KeyClient::connect(&owner.url, full.identity().unwrap()).await.unwrap();
+        let answer = keys.get_keys(&[a]).await.unwrap().remove(0).1.unwrap();
+        let bytes = answer.encode();
+        assert!(bytes.len() <= 64, "full key of a 64-tile image is {} bytes", bytes.len());
+        assert!(matches!(answer, EntryKey::Derived(_)) && answer.tier() == Tier::Full);
+        let preview_party =
+            TestParty::enroll(&owner, &dir.path().join("bob"), "bob", "first", Tier::Preview).await.unwrap();
+        let mut keys = KeyClient::connect(&owner.url, preview_party.identity().unwrap()).await.unwrap();
+        let preview = keys.get_keys(&[a]).await.unwrap().remove(0).1.unwrap();
+        assert!(preview.encode().len() <= 2048 && preview.tier() == Tier::Preview);
+        assert!(preview.kept() < answer.kept());
+        // The full key of one entry opens the other's identical code.
+        assert_eq!(answer.disambiguate(&eb.code).unwrap(), answer.disambiguate(&ea.code).unwrap());
+
+        // Both formats decode for a party granted both datasets.
+        let legacy = TestParty::enroll(&owner, &dir.path().join("carol"), "carol", "legacy", Tier::Full).await.unwrap();
+        let out = dir.path().join("out");
+        let pulled = legacy.pull(&registry, &owner, "legacy", &out.join("legacy")).await.unwrap();
+        assert_eq!(pulled.decoded.get(&Tier::Full), Some(&1), "{}", pulled.report());
+        let pulled = full.pull(&registry, &owner, "first", &out.join("first")).await.unwrap();
+        assert_eq!(pulled.decoded.get(&Tier::Full), Some(&1), "{}", pulled.report());
+        let original = load_rgb(&photo).unwrap();
+        let v3_db = psnr(&original, &load_rgb(&out.join("first").join(format!("{a}.png"))).unwrap()).unwrap();
+        let v2_db = psnr(&original, &load_rgb(&out.join("legacy").join(format!("{v2}.png"))).unwrap()).unwrap();
+        println!("v3 decode {v3_db:.2} dB, v2 decode {v2_db:.2} dB");
+        // v3 quantizes on the reals' range (finer) and moves a few reals by one level.
+        assert!(v3_db >= v2_db - 0.3, "v3 {v3_db:.2} dB against v2 {v2_db:.2} dB");
+
         owner.stop().await;
         registry.stop().await.unwrap();
     })

@@ -7,10 +7,9 @@
 use ambishare_shared::model::{Device, ModelRunner, init_runtime};
 use ambishare_shared::pipeline::{decode_image, encode_image};
 use ambishare_shared::quality::{haarpsi, psnr};
-use ambishare_shared::{FakeModel, ValueCodec, ambiguate};
 use ambishare_tests::harness::repo_root;
 use ambishare_tests::load_rgb;
-use rand::SeedableRng;
+use ambishare_tests::scheme::DerivedScheme;
 
 /// REPORT.md gives 23.69 dB for this photo (sklearn_flower.png); the floor leaves a margin.
 const FLOWER_FLOOR_DB: f64 = 22.5;
@@ -25,9 +24,10 @@ fn shipped_model_decodes_a_held_out_photo_above_its_floor() {
     let (w, h) = original.dimensions();
     let code = encode_image(&runner, &original).unwrap();
     let m = runner.manifest();
-    let fakes = FakeModel::for_manifest(m).unwrap();
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    let (public, key) = ambiguate(&code, m.k_fake, ValueCodec::Q8, &fakes, &mut rng).unwrap();
+    let scheme = DerivedScheme::for_model(&runner, [1; 32]).unwrap();
+    let derived = scheme.publish(&code).unwrap();
+    let (public, key) = (derived.public, derived.key);
+    assert!(m.k_fake > 0 && key.kept() == m.k);
 
     let authorized = decode_image(&runner, &key.disambiguate(&public).unwrap(), w, h).unwrap();
     let public_image = decode_image(&runner, &public.to_sparse().unwrap(), w, h).unwrap();

@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambishare_owner::admin::AdminOps;
-use ambishare_owner::pki::make_csr;
 use ambishare_owner::store::OwnerStore;
-use ambishare_owner::{
-    AdminClient, ClientIdentity, GrantRequest, Home, InitOptions, PublishJob, PublishSummary, ServeConfig,
-};
+use ambishare_owner::{AdminClient, GrantRequest, Home, InitOptions, PublishJob, PublishSummary, ServeConfig};
 use ambishare_proto::owner::v1::key_service_client::KeyServiceClient;
+use ambishare_rpc::{ClientIdentity, make_csr};
 use ambishare_shared::tiling::{image_to_tiles, load_image};
 use ambishare_shared::{CodeShape, DatasetName, Device, EntryId, ModelRunner, SparseCode, Tier, ValueCodec};
 use image::RgbImage;
@@ -61,8 +59,8 @@ impl TestRegistry {
         TestRegistry { url, stop: Some(stop), task: Some(task), _dir: dir }
     }
 
-    pub async fn client(&self) -> ambishare_registry::RegistryClient {
-        ambishare_registry::RegistryClient::connect(&self.url, None).await.unwrap()
+    pub async fn client(&self) -> ambishare_rpc::RegistryClient {
+        ambishare_rpc::RegistryClient::connect(&self.url, None).await.unwrap()
     }
 
     pub async fn stop(mut self) {
@@ -130,7 +128,7 @@ impl TestOwner {
     }
 
     pub fn admin_identity(&self) -> ClientIdentity {
-        ClientIdentity::admin(&self.home, "localhost").unwrap()
+        self.home.admin_identity("localhost").unwrap()
     }
 
     pub fn server_ca(&self) -> String {

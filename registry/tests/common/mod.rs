@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ambishare_registry::client::RegistryClient;
 use ambishare_registry::{Config, Registry, Stats};
+use ambishare_rpc::RegistryClient;
 use ambishare_shared::crypto::SigningKey;
 use ambishare_shared::entry::NewEntry;
 use ambishare_shared::ids::sha256;

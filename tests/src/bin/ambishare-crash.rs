@@ -31,10 +31,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ambishare_owner::KeyClient;
 use ambishare_owner::store::EntryState;
 use ambishare_proto::types::v1 as pb;
-use ambishare_registry::RegistryClient;
+use ambishare_rpc::{KeyClient, RegistryClient};
 use ambishare_shared::{DatasetName, EntryId, Tier};
 use ambishare_tests::consistency::{
     OwnerSnapshot, Problems, RegistrySnapshot, check_registry_store, cross_check, open_registry_store, read_owner_store,

@@ -16,6 +16,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Fit the fakes' tables of a model (activation rate and q8 level quantiles
+    /// of the real values per position) on training photos and write them into
+    /// its manifest.json (the model id changes with it).
+    FitFakes {
+        /// Model directory (manifest.json and its ONNX files)
+        #[arg(long, default_value = "models/photo64")]
+        model: PathBuf,
+        /// Training photos (searched recursively, sub-folders taken in turn); never the test photos
+        #[arg(long)]
+        images: PathBuf,
+        /// Tiles to fit on
+        #[arg(long, default_value_t = 10_000)]
+        tiles: u64,
+        /// Each photo's centre crop, at most this many pixels a side
+        #[arg(long, default_value_t = 512)]
+        max_side: u32,
+    },
     /// Write <out>/REPORT.md and <out>/report-grid.jpg for a model on held-out images:
     /// authorized, preview, public and random-guess decodes, and JPEG at the same bytes.
     ModelReport {
@@ -56,6 +73,9 @@ enum Command {
         /// Nonzeros the attacker's detector trains on
         #[arg(long, default_value_t = 200_000)]
         detector_samples: usize,
+        /// Bound on the detector's training time per scheme, seconds
+        #[arg(long, default_value_t = 30.0)]
+        detector_seconds: f32,
     },
     /// PSNR, SSIM and HaarPSI of a reconstruction against its original.
     Compare { original: PathBuf, reconstruction: PathBuf },
@@ -118,6 +138,7 @@ fn main() -> ExitCode {
             seed,
             iterations,
             detector_samples,
+            detector_seconds,
         } => {
             let bin_dir = if no_nodes {
                 None
@@ -133,6 +154,7 @@ fn main() -> ExitCode {
                 seed,
                 iterations,
                 detector_samples,
+                detector_seconds,
                 command: command.clone(),
             };
             ambishare_shared::model::init_runtime(None)
@@ -140,6 +162,10 @@ fn main() -> ExitCode {
                 .and_then(|()| ambishare_tests::evaluation::run(&opts))
                 .map(|md| print!("{md}"))
         }
+        Command::FitFakes { model, images, tiles, max_side } => ambishare_shared::model::init_runtime(None)
+            .map_err(ambishare_tests::Error::from)
+            .and_then(|()| ambishare_tests::fit::fit_fakes(&model, &images, tiles, max_side))
+            .map(|summary| print!("{summary}")),
         Command::Compare { original, reconstruction } => compare(&original, &reconstruction),
         Command::QuickstartGrid { ids, sets, out } => quickstart_grid(&ids, &sets, &out),
     };

@@ -17,9 +17,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ambishare_owner::{ClientIdentity, KeyClient};
 use ambishare_proto::registry::v1 as rpb;
-use ambishare_registry::RegistryClient;
+use ambishare_rpc::{ClientIdentity, KeyClient, RegistryClient};
 use ambishare_shared::model::ModelRunner;
 use ambishare_shared::{DatasetName, Device, Entry, EntryId, Tier};
 use ambishare_tests::harness::repo_root;
@@ -482,7 +481,7 @@ async fn pull(plan: &Plan, keys: &mut KeyClient, registry: &RegistryClient, stat
     };
     let mut stream = registry
         .raw()
-        .max_decoding_message_size(ambishare_registry::client::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(ambishare_rpc::registry::MAX_MESSAGE_BYTES)
         .stream_entries(request)
         .await
         .map_err(|s| Error::Other(format!("StreamEntries: {s}")))?

@@ -6,8 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ambishare_owner::{ClientIdentity, KeyClient};
-use ambishare_registry::RegistryClient;
+use ambishare_rpc::{ClientIdentity, KeyClient, RegistryClient};
 use ambishare_shared::crypto::{SealingKey, SigningKey};
 use ambishare_shared::entry::NewEntry;
 use ambishare_shared::model::ModelRunner;
