@@ -1,17 +1,25 @@
-"""Trains the sparsifying autoencoder on random tiles of any folder of images.
+"""Trains model v2 (model_v2.py) on random tiles of a folder of images, resumably.
 
-    python train.py --data data/train --val data/val --out runs/photo64 --epochs 30
+    python train.py --data DATA/train --val DATA/val
 
-Each batch draws k uniformly in [k/4, k] and keeps the top ones, so decoding from
-only the largest k_p real nonzeros (a preview key) degrades gracefully.
-Checkpoints go to OUT/last.pt (every epoch) and OUT/best.pt (best validation
-loss); running the same command again resumes from OUT/last.pt.
+DATA is what prepare_data.py writes; DATA/train/<source>/ are sampled with per-source
+weights (--source-weight). Each batch draws k uniformly in [k*min_k_frac, k], keeps the
+top k by magnitude per map, simulates the q8 value codec, and decodes. Loss: MSE (pixels
+within --border px of the tile border weighted --border-weight) + --rate-weight times a
+term that keeps every (map, position)'s soft activation rate within --rate-band of k/m.
+
+Checkpoints: RUN/last.pt (every epoch, with the optimizer; RUN = --out) and, whenever
+validation improves, CKPT/<name>-best.pt (model, optimizer moments in fp16, every argument;
+under 20 MB) with CKPT/<name>-progress.json (every epoch's figures). Running again resumes
+from RUN/last.pt, or else from CKPT/<name>-best.pt (what is in the repo); the arguments
+saved there are used for every flag not given on the command line.
 """
 
 import argparse
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -20,17 +28,66 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model import Autoencoder, top_k_magnitude
+from model_v2 import build, quantize_q8, rates, soft_rates, top_k_magnitude
 
+HERE = Path(__file__).resolve().parent
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+ARCH_KEYS = ("size", "dim", "k", "width", "blocks", "hidden", "refine", "group", "y_keep", "c_keep")
+
+
+def add_args(ap, defaults=True):
+    d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    ap.add_argument("--data", type=Path, default=d(None), help="training images; one sub-folder per source")
+    ap.add_argument("--val", type=Path, default=d(None), help="validation images (default: 10%% of --data held out)")
+    ap.add_argument("--name", default=d("v2"), help="checkpoint name: CKPT/<name>-best.pt")
+    ap.add_argument("--out", type=Path, default=d(None), help="run folder for last.pt (default /work/main/.data/runs/<name>)")
+    ap.add_argument("--ckpt-dir", type=Path, default=d(HERE / "checkpoints"), help="where <name>-best.pt goes")
+    # architecture (fixed once trained)
+    ap.add_argument("--size", type=int, default=d(64), help="tile size (pixels)")
+    ap.add_argument("--dim", type=int, default=d(256), help="m, dims per code-map")
+    ap.add_argument("--k", type=int, default=d(64), help="nonzeros kept per code-map")
+    ap.add_argument("--width", type=int, default=d(128), help="hidden channels of the block-grid residual blocks")
+    ap.add_argument("--blocks", type=int, default=d(2), help="residual blocks in encoder and decoder each")
+    ap.add_argument("--hidden", type=int, default=d(256), help="hidden width of the non-linear code projections")
+    ap.add_argument("--refine", type=int, default=d(16), help="channels of the pixel-domain refinement")
+    ap.add_argument("--group", type=int, default=d(2), help="8x8 blocks per code-map side (L = (T/8/group)^2)")
+    ap.add_argument("--y-keep", type=int, default=d(40), help="default selection (before data init)")
+    ap.add_argument("--c-keep", type=int, default=d(12), help="default selection (before data init)")
+    # training
+    ap.add_argument("--epochs", type=int, default=d(1000), help="total epochs (resuming continues up to this)")
+    ap.add_argument("--tiles-per-epoch", type=int, default=d(12800))
+    ap.add_argument("--val-tiles", type=int, default=d(1024))
+    ap.add_argument("--batch", type=int, default=d(64))
+    ap.add_argument("--lr", type=float, default=d(3e-4))
+    ap.add_argument("--gain-lr", type=float, default=d(5e-3), help="learning rate of the per-position gains")
+    ap.add_argument("--min-lr", type=float, default=d(2e-5))
+    ap.add_argument("--patience", type=int, default=d(4), help="epochs without improvement before halving lr")
+    ap.add_argument("--min-k-frac", type=float, default=d(0.25), help="k per batch drawn in [k*frac, k]")
+    ap.add_argument("--rate-weight", type=float, default=d(1.0))
+    ap.add_argument("--rate-band", type=float, default=d(1.5), help="rates within this factor of k/m are free")
+    ap.add_argument("--rms-weight", type=float, default=d(0.1), help="keeps each position's RMS above --rms-floor of its map's largest")
+    ap.add_argument("--rms-floor", type=float, default=d(0.05))
+    ap.add_argument("--split-rate", type=float, default=d(0.25), help="data init: split coefficients needed more often")
+    ap.add_argument("--border", type=int, default=d(2), help="border ring width (px) weighted in the loss")
+    ap.add_argument("--border-weight", type=float, default=d(2.0))
+    ap.add_argument("--grey-frac", type=float, default=d(0.1), help="fraction of training tiles made grey")
+    ap.add_argument("--no-q8", action="store_true", default=d(False), help="do not simulate the q8 value codec")
+    ap.add_argument("--source-weight", choices=["sqrt", "area", "equal"], default=d("sqrt"),
+                    help="sampling weight of each source folder: sqrt of its pixel area (default), area, or equal")
+    ap.add_argument("--scales", default=d("1,0.75,0.5"), help="image scales tiles are cut from")
+    ap.add_argument("--threads", type=int, default=d(2), help="torch CPU threads (0: leave default)")
+    ap.add_argument("--device", default=d("auto"), choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--seed", type=int, default=d(1))
+    ap.add_argument("--max-steps", type=int, default=d(0), help="stop after this many steps in this run (smoke tests)")
+    ap.add_argument("--max-hours", type=float, default=d(0.0), help="stop after this long in this run (0: no limit)")
+    ap.add_argument("--fresh", action="store_true", default=d(False), help="ignore existing checkpoints")
 
 
 def list_images(root: Path):
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
 
 
-def load_pyramid(paths, size, scales=(1.0, 0.75, 0.5)):
-    """Loads every image as uint8 CHW tensors at a few scales (more variety of detail per tile)."""
+def load_images(paths, size, scales):
     out = []
     for p in paths:
         try:
@@ -44,166 +101,289 @@ def load_pyramid(paths, size, scales=(1.0, 0.75, 0.5)):
                 continue
             im = img if s == 1.0 else img.resize((w, h), Image.LANCZOS)
             out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous())
-    if not out:
-        raise SystemExit(f"no usable images (at least {size}x{size}) found")
     return out
 
 
 class TileSampler:
-    """Random crops with flips and colour jitter, images picked in proportion to sqrt(area)."""
+    """Random crops: a source by its weight, then an image of it by area; flips, mild colour
+    jitter, a fraction made grey."""
 
-    def __init__(self, images, size, seed, jitter=True):
-        self.images = images
-        self.size = size
-        self.jitter = jitter
+    def __init__(self, groups, size, seed, jitter=True, grey_frac=0.0):
+        self.groups = [g for g in groups if g[1]]
+        self.size, self.jitter, self.grey_frac = size, jitter, grey_frac
         self.rng = random.Random(seed)
-        weights = np.array([math.sqrt(im.shape[1] * im.shape[2]) for im in images])
-        self.cum = np.cumsum(weights / weights.sum())
+        w = np.array([g[0] for g in self.groups], dtype=np.float64)
+        self.src_cum = np.cumsum(w / w.sum())
+        self.img_cum = []
+        for _, ims in self.groups:
+            a = np.array([im.shape[1] * im.shape[2] for im in ims], dtype=np.float64)
+            self.img_cum.append(np.cumsum(a / a.sum()))
 
     def one(self):
-        im = self.images[min(int(np.searchsorted(self.cum, self.rng.random())), len(self.images) - 1)]
+        g = min(int(np.searchsorted(self.src_cum, self.rng.random())), len(self.groups) - 1)
+        ims, cum = self.groups[g][1], self.img_cum[g]
+        im = ims[min(int(np.searchsorted(cum, self.rng.random())), len(ims) - 1)]
         _, h, w = im.shape
         y, x = self.rng.randint(0, h - self.size), self.rng.randint(0, w - self.size)
         t = im[:, y : y + self.size, x : x + self.size].float() / 255.0
-        if self.rng.random() < 0.5:
-            t = t.flip(2)
         if self.jitter:
-            b = 1.0 + self.rng.uniform(-0.2, 0.2)
-            c = 1.0 + self.rng.uniform(-0.2, 0.2)
-            s = 1.0 + self.rng.uniform(-0.3, 0.3)
+            if self.rng.random() < 0.5:
+                t = t.flip(2)
+            b = 1.0 + self.rng.uniform(-0.15, 0.15)
+            c = 1.0 + self.rng.uniform(-0.15, 0.15)
+            s = 1.0 + self.rng.uniform(-0.2, 0.2)
             grey = t.mean(0, keepdim=True)
             t = grey + (t - grey) * s
-            t = (t - t.mean()) * c + t.mean()
-            t = (t * b).clamp(0.0, 1.0)
+            t = ((t - t.mean()) * c + t.mean()) * b
+            t = t.clamp(0.0, 1.0)
+        if self.grey_frac and self.rng.random() < self.grey_frac:
+            t = (0.299 * t[0] + 0.587 * t[1] + 0.114 * t[2]).unsqueeze(0).repeat(3, 1, 1)
         return t
 
     def batch(self, n):
         return torch.stack([self.one() for _ in range(n)])
 
 
-def psnr(x, y):
-    mse = F.mse_loss(x, y, reduction="none").flatten(1).mean(1).clamp_min(1e-10)
-    return (10 * torch.log10(1.0 / mse)).mean().item()
+def source_groups(root: Path, size, scales, weighting):
+    """[(weight, [images])] per source folder (first path component under root)."""
+    by = {}
+    for p in list_images(root):
+        rel = p.relative_to(root)
+        by.setdefault(rel.parts[0] if len(rel.parts) > 1 else ".", []).append(p)
+    groups = []
+    for src, paths in sorted(by.items()):
+        ims = load_images(paths, size, scales)
+        area = sum(im.shape[1] * im.shape[2] for im in ims)
+        weight = {"sqrt": math.sqrt(area), "area": float(area), "equal": 1.0}[weighting] if ims else 0.0
+        groups.append((weight, ims))
+        print(f"  source {src}: {len(paths)} photos, {len(ims)} with scales, {area / 1e6:.1f} Mpx")
+    total = sum(g[0] for g in groups)
+    print("  tile shares: " + ", ".join(f"{s}={g[0] / total:.2f}" for s, g in zip(sorted(by), groups)))
+    return groups
+
+
+def border_mask(size, border, device):
+    m = torch.zeros(size, size, dtype=torch.bool, device=device)
+    m[:border, :] = m[-border:, :] = m[:, :border] = m[:, -border:] = True
+    return m
+
+
+def psnr_of(mse):
+    return float(10 * math.log10(1.0 / max(mse, 1e-12)))
 
 
 @torch.no_grad()
-def validate(model, tiles, k, batch):
+def evaluate(model, tiles, k, batch, border=2, q8=True):
+    """Validation figures: PSNR at k, k/2, k/4 (q8 rounding), border vs interior PSNR at k,
+    activation-rate spread at k, smallest m-th/1st singular value ratio over maps, grey leak."""
     model.eval()
-    loss, ps = 0.0, {}
+    bm = border_mask(tiles.shape[-1], border, tiles.device)
+    out = {}
+    dense_all = []
     for kk in (k, k // 2, k // 4):
-        acc_p, acc_l = 0.0, 0.0
+        se, se_b, se_i = [], [], []
         for i in range(0, len(tiles), batch):
-            x = tiles[i : i + batch].contiguous(memory_format=torch.channels_last)
-            dense = model.encoder(x)
-            logits = model.decoder(top_k_magnitude(dense, kk))
-            acc_l += F.binary_cross_entropy_with_logits(logits, x, reduction="sum").item()
-            acc_p += psnr(torch.sigmoid(logits), x) * x.shape[0]
-        ps[kk] = acc_p / len(tiles)
+            x = tiles[i : i + batch]
+            dense = model.encode(x)
+            if kk == k:
+                dense_all.append(dense)
+            code = top_k_magnitude(dense, kk)
+            if q8:
+                code = quantize_q8(code, noise=False)
+            y = model.decode(code).clamp(0, 1)
+            e = (y - x) ** 2
+            se.append(e.flatten(1).mean(1))
+            if kk == k:
+                se_b.append(e[..., bm].mean().item())
+                se_i.append(e[..., ~bm].mean().item())
+        mse_tile = torch.cat(se)
+        out[f"psnr_k{kk}"] = psnr_of(float(mse_tile.mean()))  # over all tiles together (like a whole image)
+        out[f"psnr_tile_mean_k{kk}"] = float((10 * torch.log10(1.0 / mse_tile.clamp_min(1e-10))).mean())
         if kk == k:
-            loss = acc_l / tiles.numel()
+            out["psnr_border"], out["psnr_interior"] = psnr_of(np.mean(se_b)), psnr_of(np.mean(se_i))
+    dense = torch.cat(dense_all)
+    r = rates(dense, k) / (k / dense.shape[-1])
+    out["rate_min"], out["rate_max"] = float(r.min()), float(r.max())
+    sv = torch.linalg.svdvals(dense.transpose(0, 1))  # (L, m)
+    out["sv_ratio_min"] = float((sv[:, -1] / sv[:, 0]).min())
+    g = (0.299 * tiles[:, 0] + 0.587 * tiles[:, 1] + 0.114 * tiles[:, 2]).unsqueeze(1).repeat(1, 3, 1, 1)[:256]
+    y = model.decode(top_k_magnitude(model.encode(g), k)).clamp(0, 1)
+    out["grey_leak_255"] = float((y - y.mean(1, keepdim=True)).abs().amax(1).mean() * 255)
     model.train()
-    return loss, ps
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True, help="folder of training images (searched recursively)")
-    ap.add_argument("--val", type=Path, help="folder of validation images (default: 10%% of --data held out)")
-    ap.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log")
-    ap.add_argument("--size", type=int, default=64, help="tile size (pixels)")
-    ap.add_argument("--channels", type=int, default=3)
-    ap.add_argument("--codes", type=int, default=16, help="L, number of code-maps")
-    ap.add_argument("--dim", type=int, default=256, help="m, dims per code-map")
-    ap.add_argument("--k", type=int, default=64, help="nonzeros kept per code-map")
-    ap.add_argument("--width", type=int, default=24, help="conv channels")
-    ap.add_argument("--scales", default="1,2,1,2,1,2", help="down-sampling factors of the conv blocks")
-    ap.add_argument("--epochs", type=int, default=30, help="total epochs (resuming continues up to this)")
-    ap.add_argument("--tiles-per-epoch", type=int, default=20000)
-    ap.add_argument("--val-tiles", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--min-k-frac", type=float, default=0.25, help="k per batch drawn in [k*frac, k]")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave default)")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--seed", type=int, default=1)
+    add_args(ap)
     args = ap.parse_args()
-
+    given = vars(add_args_parse(sys.argv[1:]))
+    ckpt_dir = args.ckpt_dir
+    best_path = ckpt_dir / f"{args.name}-best.pt"
+    out = args.out or Path("/work/main/.data/runs") / args.name
+    last_path = out / "last.pt"
+    ck = None
+    if not args.fresh:
+        for p in (last_path, best_path):
+            if p.exists():
+                ck = torch.load(p, map_location="cpu", weights_only=False)
+                print(f"resuming from {p} (epoch {ck['epoch']})")
+                break
+    if ck is not None:  # saved arguments, overridden by the ones given now (not the architecture)
+        saved = dict(ck["args"])
+        for key, v in given.items():
+            if key in ARCH_KEYS and saved.get(key) != v:
+                raise SystemExit(f"--{key} {v}: the checkpoint was trained with {saved.get(key)}")
+            saved[key] = v
+        for key, v in saved.items():
+            if key in ("data", "val", "out", "ckpt_dir") and v is not None:
+                v = Path(v)
+            setattr(args, key, v)
+        args.fresh = False
+    if args.data is None:
+        raise SystemExit("--data is required")
+    args.out = out
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     torch.manual_seed(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    scales = [int(s) for s in args.scales.split(",")]
-    config = {
-        "size": args.size, "channels": args.channels, "codes": args.codes, "dim": args.dim, "k": args.k,
-        "width": args.width, "scales": scales,
-    }
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {key: getattr(args, key) for key in ARCH_KEYS}
+    scales = [float(s) for s in str(args.scales).split(",")]
 
-    paths = list_images(args.data)
+    print(f"training data {args.data}:")
     if args.val:
-        val_paths = list_images(args.val)
+        groups = source_groups(args.data, args.size, scales, args.source_weight)
+        val_images = load_images(list_images(args.val), args.size, (1.0,))
     else:
-        rng = random.Random(args.seed)
-        val_paths = rng.sample(paths, max(1, len(paths) // 10))
-        paths = [p for p in paths if p not in val_paths]
-    train_images = load_pyramid(paths, args.size)
-    val_images = load_pyramid(val_paths, args.size, scales=(1.0,))
-    val_tiles = TileSampler(val_images, args.size, seed=12345, jitter=False).batch(args.val_tiles).to(device)
-    print(f"{len(paths)} training images ({len(train_images)} with scales), {len(val_paths)} validation images, device {device}")
+        paths = list_images(args.data)
+        held = set(random.Random(args.seed).sample(paths, max(1, len(paths) // 10)))
+        groups = [(1.0, load_images([p for p in paths if p not in held], args.size, scales))]
+        val_images = load_images(sorted(held), args.size, (1.0,))
+    val_tiles = TileSampler([(1.0, val_images)], args.size, seed=12345, jitter=False).batch(args.val_tiles).to(device)
 
-    model = Autoencoder(args.channels, args.size, args.width, scales, args.codes, args.dim, args.k).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=2)
-    start_epoch, best = 0, float("inf")
-    last = args.out / "last.pt"
-    if last.exists():
-        ck = torch.load(last, map_location=device)
-        if ck["config"] != config:
-            raise SystemExit(f"{last} was trained with {ck['config']}, not {config}")
+    model = build(cfg).to(device)
+    start_epoch, best, elapsed, history = 0, -1e9, 0.0, []
+    opt_state = None
+    if ck is not None:
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        start_epoch, best = ck["epoch"], ck["best"]
-        print(f"resumed from {last} at epoch {start_epoch}, best validation loss {best:.5f}")
-    nparams = sum(p.numel() for p in model.parameters())
-    print(f"parameters: {nparams}")
+        start_epoch, best, elapsed = ck["epoch"], ck["best"], ck.get("elapsed", 0.0)
+        history = ck.get("history", [])
+        opt_state = ck.get("opt")
+    else:
+        init = TileSampler(groups, args.size, seed=args.seed + 99, jitter=False).batch(4096).to(device)
+        model.init_from_data(init, args.k, band=args.rate_band, split_rate=args.split_rate)
+        print("data init:", json.dumps(evaluate(model, val_tiles, args.k, 256, args.border, not args.no_q8)))
+    model = model.to(memory_format=torch.channels_last)
+    gain = [model.log_gain]
+    rest = [p for n, p in model.named_parameters() if n != "log_gain"]
+    opt = torch.optim.Adam([{"params": rest, "lr": args.lr}, {"params": gain, "lr": args.gain_lr}])
+    if opt_state is not None:
+        try:
+            opt.load_state_dict(opt_state)
+            for st in opt.state.values():
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in st:
+                        st[key] = st[key].float()
+        except Exception as exc:
+            print(f"optimizer state not restored ({exc}); starting Adam afresh")
+    if ck is not None and "lr_scale" in ck:
+        for g, base in zip(opt.param_groups, (args.lr, args.gain_lr)):
+            g["lr"] = base * ck["lr_scale"]
+    bad_epochs = ck.get("bad_epochs", 0) if ck else 0
+    print(f"parameters: {sum(p.numel() for p in model.parameters())}, maps {model.maps}, device {device}")
 
-    sampler = TileSampler(train_images, args.size, seed=args.seed * 1000 + start_epoch)
+    sampler = TileSampler(groups, args.size, seed=args.seed * 1000 + start_epoch, grey_frac=args.grey_frac)
     steps = args.tiles_per_epoch // args.batch
     kmin = max(1, int(round(args.k * args.min_k_frac)))
-    log = open(args.out / "log.jsonl", "a")
+    target = args.k / args.dim
+    weight = torch.ones(args.size, args.size, device=device)
+    weight[border_mask(args.size, args.border, device)] = args.border_weight
+    weight = weight / weight.mean()
+    run_t0, total_steps = time.time(), 0
     for epoch in range(start_epoch, args.epochs):
-        t0, tl, tp = time.time(), 0.0, 0.0
+        t0, tl, tr = time.time(), 0.0, 0.0
+        stop = False
         for step in range(steps):
             x = sampler.batch(args.batch).to(device).contiguous(memory_format=torch.channels_last)
             k = random.randint(kmin, args.k)
-            logits, _ = model(x, k)
-            loss = F.binary_cross_entropy_with_logits(logits, x)
+            dense = model.encode(x)
+            code = top_k_magnitude(dense, k)
+            if not args.no_q8:
+                code = quantize_q8(code, noise=True)
+            y = model.decode(code)
+            mse = (((y - x) ** 2) * weight).mean()
+            dev = torch.log(soft_rates(dense, args.k).clamp_min(1e-4) / target).abs()
+            rate_loss = (F.relu(dev - math.log(args.rate_band)) ** 2).mean()
+            rms = dense.pow(2).mean(0).add(1e-12).sqrt()  # (L, m)
+            rel = torch.log(rms / rms.amax(dim=-1, keepdim=True).detach())
+            rms_loss = (F.relu(math.log(args.rms_floor) - rel) ** 2).mean()
+            loss = 1000.0 * mse + args.rate_weight * rate_loss + args.rms_weight * rms_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(rest, 5.0)
             opt.step()
-            tl += loss.item()
-            tp += psnr(torch.sigmoid(logits.detach()), x)
-            if step % 50 == 0:
-                print(f"  epoch {epoch + 1} step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
-        vl, vp = validate(model, val_tiles, args.k, args.batch)
-        sched.step(vl)
-        rec = {
-            "epoch": epoch + 1, "train_loss": tl / steps, "train_psnr": tp / steps, "val_loss": vl,
-            "val_psnr_k": vp[args.k], "val_psnr_k2": vp[args.k // 2], "val_psnr_k4": vp[args.k // 4],
-            "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
-        }
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
+            tl += mse.item()
+            tr += rate_loss.item()
+            total_steps += 1
+            if step % 25 == 0:
+                print(f"  epoch {epoch + 1} step {step}/{steps} k {k} psnr~{psnr_of(mse.item()):.2f} rate_loss {rate_loss.item():.4f} "
+                      f"({(time.time() - t0) / (step + 1):.2f} s/batch)", flush=True)
+            if (args.max_steps and total_steps >= args.max_steps) or (
+                    args.max_hours and time.time() - run_t0 > args.max_hours * 3600):
+                stop = True
+                break
+        n = step + 1
+        elapsed += time.time() - t0
+        val = evaluate(model, val_tiles, args.k, 256, args.border, not args.no_q8)
+        score = val[f"psnr_k{args.k}"] - (0 if 0.5 <= val["rate_min"] and val["rate_max"] <= 2.0 else 3.0)
+        improved = score > best
+        if improved:
+            best, bad_epochs = score, 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= args.patience and opt.param_groups[0]["lr"] > args.min_lr:
+                for g in opt.param_groups:
+                    g["lr"] *= 0.5
+                bad_epochs = 0
+        rec = {"epoch": epoch + 1, "steps": n, "train_psnr": psnr_of(tl / n), "train_rate_loss": tr / n, **val,
+               "score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
+               "s_per_batch": (time.time() - t0) / n, "elapsed_hours": elapsed / 3600, "best": improved}
+        history.append(rec)
         print(json.dumps(rec), flush=True)
-        ck = {"config": config, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-              "epoch": epoch + 1, "best": min(best, vl), "train_data": str(args.data)}
-        if vl < best:
-            best = vl
-            torch.save(ck, args.out / "best.pt")
-        torch.save(ck, args.out / "last.pt.tmp")
-        Path(args.out / "last.pt.tmp").replace(last)
+        state = {"format": "ambishare-train-v2", "args": {kk: (str(v) if isinstance(v, Path) else v) for kk, v in vars(args).items()},
+                 "config": cfg, "model": model.state_dict(), "epoch": epoch + 1, "best": best, "elapsed": elapsed,
+                 "history": history, "lr_scale": opt.param_groups[0]["lr"] / args.lr, "bad_epochs": bad_epochs,
+                 "argv": sys.argv, "torch": torch.__version__}
+        torch.save({**state, "opt": opt.state_dict()}, out / "last.pt.tmp")
+        (out / "last.pt.tmp").replace(last_path)
+        if improved:
+            small = opt.state_dict()
+            small["state"] = {i: {key: (v.half() if torch.is_tensor(v) and v.dim() > 0 else v) for key, v in st.items()}
+                              for i, st in small["state"].items()}
+            torch.save({**state, "opt": small}, best_path.with_suffix(".pt.tmp"))
+            best_path.with_suffix(".pt.tmp").replace(best_path)
+            mb = best_path.stat().st_size / 1e6
+            if mb > 20:
+                print(f"warning: {best_path} is {mb:.1f} MB, above 20 MB")
+        progress = {"name": args.name, "checkpoint": best_path.name, "best_score": best,
+                    "best_epoch": max([r["epoch"] for r in history if r["best"]], default=None),
+                    "elapsed_hours": elapsed / 3600,
+                    "epochs": [{key: (round(v, 4) if isinstance(v, float) else v) for key, v in r.items()
+                                if key in ("epoch", "psnr_k%d" % args.k, "psnr_k%d" % (args.k // 2), "psnr_k%d" % (args.k // 4),
+                                           "psnr_border", "psnr_interior", "rate_min", "rate_max", "sv_ratio_min",
+                                           "grey_leak_255", "psnr_tile_mean_k%d" % args.k, "train_psnr", "s_per_batch", "elapsed_hours", "lr", "best")}
+                               for r in history]}
+        (ckpt_dir / f"{args.name}-progress.json").write_text(json.dumps(progress, indent=1) + "\n")
+        if stop:
+            break
+
+
+def add_args_parse(argv):
+    ap = argparse.ArgumentParser(add_help=False)
+    add_args(ap, defaults=False)
+    return ap.parse_args(argv)
 
 
 if __name__ == "__main__":
