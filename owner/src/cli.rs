@@ -44,8 +44,10 @@ pub enum Command {
     /// Create the owner's identity: signing key, sealing key, the key service's CA and
     /// certificate, the client CA for parties, and the admin certificate. Prints the owner id.
     Init(InitArgs),
-    /// Encode images with the model, ambiguate, sign and publish them to the registry,
-    /// keeping each support key sealed in the store. The running node does the work
+    /// Encode images with the model, ambiguate, sign and publish them to the registry.
+    /// Format v3 (default): fakes derived from the owner's master secret, so an image
+    /// published again gives the same public code; each entry's key derives from its
+    /// stored tag. The running node does the work
     /// (it holds the store, and goes on serving keys); --offline does it here while
     /// `serve` is stopped. Resumable: run it again after a crash or an interruption
     /// and it publishes what is missing, duplicating nothing.
@@ -60,8 +62,8 @@ pub enum Command {
     Grants(GrantsArgs),
     /// Show the audit log: key releases, denials, refused calls, grants and revocations.
     Audit(AuditArgs),
-    /// Re-seal every stored support key under a new sealing key, then remove the old key.
-    /// Resumable. The key service must be stopped.
+    /// Re-seal the master secret and every stored v2 support key under a new sealing
+    /// key, then remove the old key. Resumable. The key service must be stopped.
     RotateSealingKey,
 }
 
