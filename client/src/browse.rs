@@ -9,6 +9,7 @@ use ambishare_rpc::RegistryClient;
 use ambishare_shared::crypto::PublicKey;
 use ambishare_shared::model::Device;
 use ambishare_shared::pipeline::decode_image;
+use ambishare_shared::timestamp::rfc3339_from_unix_ms;
 use ambishare_shared::{DatasetName, Entry, EntryId, OwnerId};
 use futures::StreamExt;
 
@@ -167,7 +168,7 @@ pub async fn show(registry_url: &str, registry_ca: Option<&std::path::Path>, id:
     let _ = writeln!(out, "dataset    {}", entry.dataset);
     let _ = writeln!(out, "model      {}", entry.model);
     let _ = writeln!(out, "image      {}x{}", entry.width, entry.height);
-    let _ = writeln!(out, "created    {} (unix ms)", entry.created_unix_ms);
+    let _ = writeln!(out, "created    {}", rfc3339_from_unix_ms(entry.created_unix_ms));
     if !entry.label.is_empty() {
         let _ = writeln!(out, "label      {}", entry.label);
     }

@@ -41,6 +41,7 @@ pub enum Command {
     Enroll(EnrollArgs),
     /// Pull a dataset: verify each entry's owner signature, fetch this party's keys over
     /// mutual TLS, decode locally and write PNGs. Entries without a key are reported by reason.
+    #[command(after_help = PULL_EXIT_CODES)]
     Pull(PullArgs),
     /// What the public sees: list entries and, with --out, render the public decode of their
     /// ambiguated codes (every nonzero, real and fake).
@@ -48,6 +49,17 @@ pub enum Command {
     /// Show one entry's metadata and whether its owner signature verifies.
     Show(ShowArgs),
 }
+
+/// What `pull`'s exit code means (the numbers are [`pull::PullOutcome::exit_code`]'s).
+const PULL_EXIT_CODES: &str = "\
+Exit status:
+  0  every entry asked for was decoded, or was already in --out
+  1  the pull stopped: bad settings, a node unreachable or refusing this party, a write failed
+  2  the command line is wrong
+  3  it ran to its end, but some entries could not be decoded for lack of a key (not granted,
+     revoked, expired...); without --dataset that includes datasets this party was never granted
+  4  it ran to its end, but some entries had a bad owner signature or failed to decode
+     (4 wins over 3 when both happened)";
 
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
@@ -134,21 +146,30 @@ pub struct ShowArgs {
     pub entry: EntryId,
 }
 
+/// Exit code of a command that stopped on an error (2 is clap's, for a bad command line).
+pub const EXIT_ERROR: u8 = 1;
+
 /// Runs a parsed command line, printing errors; the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    ExitCode::from(execute(cli))
+}
+
+/// [`run`], with the exit code as a number: 0, [`EXIT_ERROR`], or what
+/// `pull` reports ([`pull::PullOutcome::exit_code`]).
+pub fn execute(cli: Cli) -> u8 {
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return EXIT_ERROR;
         }
     };
     match runtime.block_on(dispatch(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            EXIT_ERROR
         }
     }
 }
@@ -198,7 +219,9 @@ impl Registry {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<()> {
+/// Runs one command; its exit code when it ran to its end (only `pull` can end
+/// short of complete without an error).
+async fn dispatch(cli: Cli) -> Result<u8> {
     let home = match cli.home {
         Some(h) => h,
         None => config::default_home()?,
@@ -246,13 +269,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let summary = pull::pull(&opts).await?;
             print!("{}", summary.report());
             println!("images in {}", opts.out.display());
-            if summary.has_problems() {
-                return Err(Error::Incomplete(format!(
-                    "{} entries with a bad signature, {} failures (listed above)",
-                    summary.bad_signature.len(),
-                    summary.failed.len()
-                )));
+            if let Some(why) = summary.shortfall() {
+                eprintln!("error: incomplete: {why}");
             }
+            return Ok(summary.outcome().exit_code());
         }
         Command::Browse(args) => {
             let registry = Registry::resolve(args.registry, &file, &home)?;
@@ -277,5 +297,32 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", browse::show(&registry.url, registry.ca.as_deref(), args.entry).await?);
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::pull::PullOutcome;
+
+    #[test]
+    fn pull_help_says_what_each_exit_code_means() {
+        let mut cli = Cli::command();
+        let pull = cli.find_subcommand_mut("pull").map(|c| c.render_long_help().to_string()).unwrap_or_default();
+        assert!(pull.contains("Exit status:"), "{pull}");
+        for (code, what) in [
+            (0, "was decoded"),
+            (EXIT_ERROR, "the pull stopped"),
+            (2, "command line is wrong"),
+            (PullOutcome::NoKey.exit_code(), "lack of a key"),
+            (PullOutcome::Failed.exit_code(), "bad owner signature"),
+        ] {
+            let line = format!("{code}  ");
+            let said = pull.lines().any(|l| l.trim_start().starts_with(&line) && l.contains(what));
+            assert!(said, "exit code {code} ({what}) not in:\n{pull}");
+        }
+        assert_eq!(PullOutcome::Complete.exit_code(), 0);
+    }
 }

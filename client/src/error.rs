@@ -24,9 +24,6 @@ pub enum Error {
     Image(#[from] image::ImageError),
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    /// The command ran to its end, but not everything succeeded.
-    #[error("incomplete: {0}")]
-    Incomplete(String),
 }
 
 impl Error {

@@ -54,15 +54,71 @@ pub struct PullSummary {
     pub failed: Vec<(String, String)>,
 }
 
+/// How a pull that ran to its end went, from best to worst; the process exits
+/// with [`PullOutcome::exit_code`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PullOutcome {
+    /// Every entry asked for was decoded, or was already in the output folder.
+    Complete,
+    /// Some entries could not be decoded for lack of a key (not granted,
+    /// revoked, expired...), and nothing else went wrong.
+    NoKey,
+    /// Some entries had a bad owner signature or failed to parse, fetch their
+    /// model or decode (whether or not others also lacked a key).
+    Failed,
+}
+
+impl PullOutcome {
+    /// The process exit code. 1 and 2 are left to errors that stop the pull
+    /// and to a bad command line (clap's own code), so a script tells all four apart.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            PullOutcome::Complete => 0,
+            PullOutcome::NoKey => 3,
+            PullOutcome::Failed => 4,
+        }
+    }
+}
+
 impl PullSummary {
     pub fn decoded_total(&self) -> u64 {
         self.decoded.values().sum()
     }
 
-    /// Whether something went wrong (a forged entry, a failure); entries the
-    /// party has no key for are no fault.
+    /// Entries without a key, for every reason.
+    pub fn denied_total(&self) -> usize {
+        self.denied.values().map(Vec::len).sum()
+    }
+
+    /// Whether something went wrong (a forged entry, a failure), as opposed to
+    /// entries the party has no key for.
     pub fn has_problems(&self) -> bool {
         !self.bad_signature.is_empty() || !self.failed.is_empty()
+    }
+
+    /// How the pull went: problems outrank entries without a key.
+    pub fn outcome(&self) -> PullOutcome {
+        if self.has_problems() {
+            PullOutcome::Failed
+        } else if self.denied_total() > 0 {
+            PullOutcome::NoKey
+        } else {
+            PullOutcome::Complete
+        }
+    }
+
+    /// Why the pull is incomplete, in one line (none when it is complete).
+    pub fn shortfall(&self) -> Option<String> {
+        match self.outcome() {
+            PullOutcome::Complete => None,
+            PullOutcome::NoKey => Some(format!("no key for {} entries (listed above)", self.denied_total())),
+            PullOutcome::Failed => Some(format!(
+                "{} entries with a bad signature, {} failures, {} entries without a key (listed above)",
+                self.bad_signature.len(),
+                self.failed.len(),
+                self.denied_total()
+            )),
+        }
     }
 
     /// A few lines for the terminal.
@@ -223,4 +279,33 @@ pub(crate) fn write_png(image: &image::RgbImage, path: &Path) -> Result<()> {
 /// Checks an entry against a public key (exposed for `show`).
 pub fn verify(entry: &Entry, key: &PublicKey) -> bool {
     entry.verify(key).is_ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_and_exit_code_follow_the_worst_entry() {
+        let mut summary = PullSummary::default();
+        assert_eq!(summary.outcome(), PullOutcome::Complete, "nothing asked for is nothing missing");
+        summary.decoded.insert(Tier::Full, 5);
+        summary.already_present = 2;
+        assert_eq!((summary.outcome(), summary.outcome().exit_code()), (PullOutcome::Complete, 0));
+        assert_eq!(summary.shortfall(), None);
+
+        summary.denied.entry(Denial::NotGranted).or_default().extend([EntryId::new(), EntryId::new()]);
+        summary.denied.entry(Denial::Expired).or_default().push(EntryId::new());
+        assert_eq!((summary.outcome(), summary.outcome().exit_code()), (PullOutcome::NoKey, 3));
+        assert_eq!(summary.shortfall().unwrap(), "no key for 3 entries (listed above)");
+
+        let mut forged = summary.clone();
+        forged.bad_signature.push(EntryId::new());
+        assert_eq!((forged.outcome(), forged.outcome().exit_code()), (PullOutcome::Failed, 4));
+        let mut failed = PullSummary::default();
+        failed.failed.push(("entry".into(), "bad".into()));
+        assert_eq!(failed.outcome().exit_code(), 4);
+        assert!(failed.shortfall().unwrap().contains("1 failures"));
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ambishare_shared::{CodeVersion, DatasetName, Device, PartyName, Tier, ValueCodec};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -600,13 +600,7 @@ fn report_grant(outcome: &GrantOutcome, out: Option<&Path>) -> Result<()> {
 }
 
 fn time_text(unix_ms: i64) -> String {
-    // RFC 3339 ends at year 9999 (humantime panics past it); a stored time may lie beyond.
-    const YEAR_10000_MS: i64 = 253_402_300_800_000;
-    if unix_ms >= YEAR_10000_MS {
-        return "after year 9999".into();
-    }
-    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
+    ambishare_shared::timestamp::rfc3339_from_unix_ms(unix_ms)
 }
 
 fn expiry_text(expires: Option<i64>) -> String {

@@ -16,6 +16,7 @@ pub mod model;
 pub mod pipeline;
 pub mod quality;
 pub mod tiling;
+pub mod timestamp;
 
 pub use ambiguate::{
     AmbiguatedCode, CodeVersion, FakeModel, FakeSigma, QuantizedValues, ValueCodec, ambiguate, random_guess,

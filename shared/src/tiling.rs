@@ -7,7 +7,7 @@
 
 use std::io::Cursor;
 
-use image::{ImageFormat, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::{Error, Result};
 
@@ -127,7 +127,9 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
     last_scan.is_some_and(|sos| bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
-/// Decodes an image of any supported format (PNG, JPEG, WebP) to RGB.
+/// Decodes an image of any supported format (PNG, JPEG, WebP) to RGB, upright:
+/// an EXIF orientation (as phones write instead of rotating the pixels) is
+/// applied, so every reader sees the image as its viewer would.
 ///
 /// The declared dimensions are read from the header and checked against
 /// `max_pixels` before anything is decoded, so a small file declaring a huge
@@ -167,8 +169,15 @@ pub fn load_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     limits.max_image_height = Some(height);
     limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
     let mut reader = reader()?;
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| Error::Image(format!("cannot decode image: {e}")))?;
+    reader.limits(limits.clone());
+    let decode_error = |e| Error::Image(format!("cannot decode image: {e}"));
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    // What `ImageReader::decode` reserves, checked before the buffer is allocated.
+    limits.reserve(decoder.total_bytes()).map_err(decode_error)?;
+    let orientation = decoder.orientation().map_err(|e| Error::Image(format!("cannot read image orientation: {e}")))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    // Rotating keeps the pixel count, so the limit checked above still holds.
+    img.apply_orientation(orientation);
     Ok(img.into_rgb8())
 }
 
@@ -296,6 +305,65 @@ mod tests {
                 other => panic!("a JPEG cut at {cut} of {} bytes: {other:?}", jpeg.len()),
             }
         }
+    }
+
+    /// `jpeg` with an APP1 Exif segment (a big-endian TIFF header and one IFD
+    /// holding only the Orientation tag) inserted after its SOI marker.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"MM\0\x2a".to_vec();
+        tiff.extend_from_slice(&8u32.to_be_bytes()); // offset of IFD 0
+        tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+        tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // tag: Orientation
+        tiff.extend_from_slice(&3u16.to_be_bytes()); // type: SHORT
+        tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0]); // the value field's padding
+        tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let len = u16::try_from(app1.len() + 2).unwrap();
+        assert_eq!(&jpeg[..2], [0xFF, 0xD8]);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    /// Whether two images differ by at most `tolerance` in every sample
+    /// (JPEG is lossy, so pixels are compared loosely).
+    fn close(a: &RgbImage, b: &RgbImage, tolerance: u8) -> bool {
+        a.dimensions() == b.dimensions() && a.as_raw().iter().zip(b.as_raw()).all(|(x, y)| x.abs_diff(*y) <= tolerance)
+    }
+
+    #[test]
+    fn applies_exif_orientation() {
+        // Four flat quadrants of distinct colours, so any rotation or flip shows.
+        let (w, h) = (48, 32);
+        let colours = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]];
+        let stored =
+            RgbImage::from_fn(w, h, |x, y| image::Rgb(colours[usize::from(x >= w / 2) + 2 * usize::from(y >= h / 2)]));
+        let mut jpeg = Vec::new();
+        stored.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        let plain = load_image(&jpeg, 10_000).unwrap();
+        assert!(close(&plain, &stored, 40), "the JPEG itself decodes to what was stored");
+        // Orientation 1 is upright; 3 is rotated 180°; 6 needs a 90° clockwise turn to view.
+        let cases = [
+            (1, stored.clone()),
+            (3, image::imageops::rotate180(&stored)),
+            (6, image::imageops::rotate90(&stored)),
+            (8, image::imageops::rotate270(&stored)),
+        ];
+        for (orientation, expected) in cases {
+            let loaded = load_image(&with_exif_orientation(&jpeg, orientation), 10_000).unwrap();
+            assert!(close(&loaded, &expected, 40), "orientation {orientation}");
+        }
+        let turned = load_image(&with_exif_orientation(&jpeg, 6), 10_000).unwrap();
+        assert_eq!(turned.dimensions(), (h, w));
+        // The top-left of the upright image is the stored bottom-left quadrant.
+        let corner = turned.get_pixel(2, 2).0;
+        assert!(corner.iter().zip(colours[2]).all(|(a, b)| a.abs_diff(b) <= 40), "{corner:?}");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ambishare_client::browse::{BrowseOptions, browse};
+use ambishare_client::cli;
+use ambishare_client::pull::PullOutcome;
 use ambishare_proto::types::v1 as pb;
 use ambishare_registry::store::{Engine, SledOptions, Tree, open as open_store};
 use ambishare_rpc::Denial;
@@ -17,6 +19,7 @@ use ambishare_shared::quality::{psnr, ssim};
 use ambishare_shared::{Device, EntryId, Tier};
 use ambishare_tests::harness::{TestOwner, TestParty, TestRegistry, repo_root, within};
 use ambishare_tests::{list_images, load_rgb};
+use clap::Parser;
 use prost::Message;
 
 /// Floors for the mean over deploy/samples (held-out photos; with models/photo64
@@ -90,6 +93,28 @@ async fn full_preview_public_other_dataset_and_revocation() {
         assert_eq!(c.decoded_total(), 0);
         assert_eq!(c.denied.get(&Denial::NotGranted).map(Vec::len), Some(samples.len()));
         assert_eq!(std::fs::read_dir(out.join("carol")).unwrap().count(), 0, "carol got images");
+        assert_eq!(c.outcome(), PullOutcome::NoKey);
+        // The command line says so too, with its own exit code (3), so a script can tell.
+        let args = [
+            "ambishare-client".into(),
+            "--home".into(),
+            carol.home.display().to_string(),
+            "pull".into(),
+            "--quiet".into(),
+            "--device".into(),
+            "cpu".into(),
+            "--registry".into(),
+            registry.url.clone(),
+            "--owner".into(),
+            owner.url.clone(),
+            "--dataset".into(),
+            "samples".into(),
+            "--out".into(),
+            out.join("carol-cli").display().to_string(),
+        ];
+        // `execute` starts its own runtime: on a thread outside this test's.
+        let code = std::thread::spawn(move || cli::execute(cli::Cli::parse_from(args))).join().unwrap();
+        assert_eq!(code, PullOutcome::NoKey.exit_code());
 
         let public = out.join("public");
         browse(&BrowseOptions {
