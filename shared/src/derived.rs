@@ -667,6 +667,20 @@ pub struct Derived {
     pub nudged: usize,
 }
 
+/// The true code as format v3 quantizes it (q8 on each map's real range),
+/// before any real is moved off a fake's byte: the baseline of that move's cost.
+pub fn q8_on_real_range(code: &SparseCode) -> Result<SparseCode> {
+    let mut values = Vec::with_capacity(code.values().len());
+    let mut levels = Vec::with_capacity(code.nnz() as usize);
+    for map in 0..code.shape().map_count() {
+        let (_, val) = code.map(map);
+        levels.clear();
+        let range = q8_map(val, &mut levels)?;
+        values.extend(levels.iter().map(|&b| q8_value(range, b)));
+    }
+    SparseCode::from_parts(code.shape(), code.nnz(), code.positions().to_vec(), values)
+}
+
 /// A real of one map while the owner builds its public code.
 #[derive(Clone, Copy)]
 struct Real {

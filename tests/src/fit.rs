@@ -9,24 +9,8 @@ use ambishare_shared::model::{MANIFEST_FILE, ModelRunner};
 use ambishare_shared::pipeline::encode_image;
 use ambishare_shared::{Device, TableFitter};
 
-use crate::{Error, Result, list_images, load_rgb};
+use crate::{Error, Result, list_images_recursive, load_rgb};
 
-/// The images of `dir` and of its sub-folders, taken in turn from each
-/// folder (round robin), so that one large source does not dominate.
-fn interleaved_images(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut folders = vec![list_images(dir)?];
-    let mut subdirs: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    subdirs.sort();
-    for sub in subdirs {
-        folders.extend(interleaved_images(&sub).map(|v| vec![v])?);
-    }
-    let longest = folders.iter().map(Vec::len).max().unwrap_or(0);
-    Ok((0..longest).flat_map(|i| folders.iter().filter_map(move |f| f.get(i).cloned())).collect())
-}
 
 /// Fits on at most `max_tiles` tiles of the images under `images` (searched
 /// recursively, at most `max_side` pixels a side each, centre crop) and
@@ -35,7 +19,7 @@ pub fn fit_fakes(model_dir: &Path, images: &Path, max_tiles: u64, max_side: u32)
     let runner = ModelRunner::load(model_dir, Device::Cpu)?;
     let m = runner.manifest().clone();
     let mut fitter = TableFitter::new(m.maps, m.dim);
-    let paths = interleaved_images(images)?;
+    let paths = list_images_recursive(images)?;
     if paths.is_empty() {
         return Err(Error::Other(format!("no images in {}", images.display())));
     }

@@ -66,6 +66,23 @@ pub fn list_images(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
+/// The images of `dir` and of its sub-folders, taken in turn from each
+/// folder (round robin), so that one large source does not dominate a prefix.
+pub fn list_images_recursive(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut folders = vec![list_images(dir)?];
+    let mut subdirs: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subdirs.sort();
+    for sub in subdirs {
+        folders.push(list_images_recursive(&sub)?);
+    }
+    let longest = folders.iter().map(Vec::len).max().unwrap_or(0);
+    Ok((0..longest).flat_map(|i| folders.iter().filter_map(move |f| f.get(i).cloned())).collect())
+}
+
 /// Loads an image file as RGB (bounded by the shared loader's limits).
 pub fn load_rgb(path: &std::path::Path) -> Result<image::RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;

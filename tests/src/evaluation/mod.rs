@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use ambishare_shared::combinatorics::log2_binomial;
 use ambishare_shared::format::code_len;
-use ambishare_shared::model::{Manifest, ModelRunner};
+use ambishare_shared::model::ModelRunner;
 use ambishare_shared::pipeline::{code_shape, decode_image, encode_image};
 use ambishare_shared::quality::{haarpsi, psnr, ssim};
 use ambishare_shared::tiling::image_to_tiles;
@@ -22,8 +22,8 @@ use ambishare_shared::{
     AmbiguatedCode, Device, FakeModel, SparseCode, SupportKey, ValueCodec, ambiguate, random_guess,
 };
 use image::RgbImage;
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use self::attacks::{CodeStats, Signs};
@@ -31,7 +31,11 @@ use self::detector::{Detector, FEATURES, PublicStats, Training, accuracy, featur
 use self::plots::{Series, line_plot};
 use self::subspace::{ENERGY, MIN_DROP, Orientation, SignSearch, Subspaces};
 use crate::quality::{decode_jpeg, jpeg_at_most};
-use crate::{Error, Result, list_images, load_rgb};
+use crate::scheme::DerivedScheme;
+use crate::{Error, Result, list_images, list_images_recursive, load_rgb};
+
+/// Most of the attacker's own photos used (taken from each source folder in turn).
+const MAX_ATTACKER_PHOTOS: usize = 60;
 
 /// Raynal et al.'s thresholds: below either, a human likely recognises the image.
 pub const DSSIM_THRESHOLD: f64 = 0.63;
@@ -109,16 +113,76 @@ impl Scheme {
 }
 
 /// The schemes the privacy section attacks, in the order of its tables; a new
-/// scheme is one more entry.
-pub fn schemes(m: &Manifest, shipped: &FakeModel) -> Vec<Scheme> {
-    vec![
+/// scheme is one more entry. The last is the shipped one (format v3).
+pub fn schemes(runner: &ModelRunner, v2: &FakeModel, master: [u8; 32]) -> Result<Vec<Scheme>> {
+    let m = runner.manifest();
+    let derived = DerivedScheme::for_model(runner, master)?;
+    Ok(vec![
         Scheme::ambiguating("paper's scheme (σ from k/m, uniform positions, signs kept)", m.k_fake, FakeModel::paper()),
         Scheme::ambiguating(
-            "shipped scheme (σ fitted, weighted positions, signs scrambled)",
+            "format v2 (σ fitted, weighted positions, signs scrambled, fresh randomness at each publication)",
             m.k_fake,
-            shipped.clone(),
+            v2.clone(),
         ),
-    ]
+        Scheme {
+            name: "shipped scheme, format v3 (fakes and flips derived from the owner's secret and the image, \
+                   per-position fake tables)"
+                .into(),
+            signs_scrambled: true,
+            publish: Box::new(move |code, _rng| {
+                let d = derived.publish(code)?;
+                Ok((d.public, d.support))
+            }),
+        },
+    ])
+}
+
+/// What the public code's structure shows without any learning: how real the
+/// nonzeros at busy positions are, and whether the smallest level gives reals away.
+#[derive(Default)]
+struct Structure {
+    busy: (usize, usize),
+    calm: (usize, usize),
+    maps: usize,
+    min_all_real: usize,
+}
+
+impl Structure {
+    fn add(&mut self, public: &AmbiguatedCode, key: &SupportKey, stats: &CodeStats) {
+        let n = public.nnz() as usize;
+        let values = public.values();
+        for map in 0..public.shape().map_count() {
+            let reals = key.map(map);
+            let is_real = |i: usize| reals.binary_search(&(i as u16)).is_ok();
+            for i in 0..n {
+                let p = public.positions()[map * n + i] as usize;
+                let rate = stats.rate[(map % stats.maps) * stats.dim + p];
+                let slot = if rate >= 0.5 { &mut self.busy } else { &mut self.calm };
+                slot.0 += usize::from(is_real(i));
+                slot.1 += 1;
+            }
+            let mags: Vec<f32> = values[map * n..(map + 1) * n].iter().map(|v| v.abs()).collect();
+            let min = mags.iter().cloned().fold(f32::INFINITY, f32::min);
+            self.maps += 1;
+            self.min_all_real += usize::from((0..n).filter(|&i| mags[i] <= min * (1.0 + 1e-6)).all(is_real));
+        }
+    }
+
+    fn busy_real_share(&self) -> f64 {
+        100.0 * self.busy.0 as f64 / self.busy.1.max(1) as f64
+    }
+
+    fn calm_real_share(&self) -> f64 {
+        100.0 * self.calm.0 as f64 / self.calm.1.max(1) as f64
+    }
+
+    fn busy_share(&self) -> f64 {
+        100.0 * self.busy.1 as f64 / (self.busy.1 + self.calm.1).max(1) as f64
+    }
+
+    fn min_all_real_share(&self) -> f64 {
+        100.0 * self.min_all_real as f64 / self.maps.max(1) as f64
+    }
 }
 
 /// The rows of each scheme's privacy table.
@@ -275,7 +339,17 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
     );
 
     // ---------------------------------------------------------------- quality
+    // Format v2's fakes (for its row of the privacy section) and the shipped format v3.
     let shipped = FakeModel::for_manifest(&m)?;
+    let owner_master: [u8; 32] = rng.random();
+    let derived = DerivedScheme::for_model(&runner, owner_master)?;
+    if !derived.tables_fitted() {
+        let _ = writeln!(
+            md,
+            "**The model's manifest has no fitted fake tables** (`ambishare-eval fit-fakes`): format v3 falls back \
+             to generic ones.\n"
+        );
+    }
     let _ = writeln!(md, "## 1. Quality against JPEG\n");
     let mut k_values: Vec<u16> = vec![m.k / 4, m.k / 2, m.k];
     k_values.dedup();
@@ -302,10 +376,10 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
         let (mut ps, mut ss, mut bytes, mut sbits) = (Vec::new(), Vec::new(), 0usize, 0f64);
         let (mut jp, mut js, mut wp, mut ws) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for t in &tests {
-            let (public, key) = ambiguate(&t.code, m.k_fake, ValueCodec::Q8, &shipped, &mut rng)?;
-            let key = if kp == m.k { key } else { key.preview(&public, kp)? };
+            let d = derived.publish(&t.code)?;
+            let key = if kp == m.k { d.key.clone() } else { d.key.preview(kp)? };
             let (w, h) = t.image.dimensions();
-            let decoded = decode_image(&runner, &key.disambiguate(&public)?, w, h)?;
+            let decoded = decode_image(&runner, &key.disambiguate(&d.public)?, w, h)?;
             ps.push(psnr(&t.image, &decoded)?);
             ss.push(ssim(&t.image, &decoded)?);
             let size = code_len(t.code.shape(), kp, ValueCodec::Q8);
@@ -385,37 +459,68 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
 
     // Key sizes.
     let _ = writeln!(md, "### Key size per image\n");
+    let preview_k = m.preview_k.iter().copied().min().unwrap_or(m.k / 2);
     let _ = writeln!(
         md,
-        "| image | tiles | full key bytes | bound L·(log2 C(k', k) + k) per tile, bytes | ratio | preview key bytes (k_p = {}) |",
-        m.preview_k.first().copied().unwrap_or(m.k / 4)
+        "Format v3 (shipped): one derived secret per key. Format v2: the real nonzeros' indices and sign bits \
+         (its entropy bound L·(log2 C(k', k) + k) a tile shown beside).\n"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| image | tiles | v3 full key bytes | v3 preview key bytes (k_p = {preview_k}) | v2 full key bytes | v2 bound, bytes | \
+         v2 preview key bytes | reals moved one level (v3) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     let (mut signed_bytes, mut unsigned_bytes, mut all_tiles) = (0usize, 0usize, 0u32);
+    let (mut nudged, mut reals) = (0usize, 0usize);
     for t in &tests {
+        let d = derived.publish(&t.code)?;
         let (public, key) = ambiguate(&t.code, m.k_fake, ValueCodec::Q8, &shipped, &mut rng)?;
         let (_, unsigned) = ambiguate(&t.code, m.k_fake, ValueCodec::Q8, &FakeModel::paper(), &mut rng)?;
         let bytes = key.encode().len();
         signed_bytes += bytes;
         unsigned_bytes += unsigned.encode().len();
         all_tiles += t.code.shape().tiles;
+        nudged += d.nudged;
+        reals += t.code.shape().map_count() * m.k as usize;
         let bound = key.entropy_bits() / 8.0;
-        let preview = key.preview(&public, m.preview_k.first().copied().unwrap_or(m.k / 4))?.encode().len();
+        let preview = key.preview(&public, preview_k)?.encode().len();
         let _ = writeln!(
             md,
-            "| {} | {} | {bytes} | {bound:.1} | {:.4} | {preview} |",
+            "| {} | {} | {} | {} | {bytes} | {bound:.1} | {preview} | {:.2}% |",
             t.name,
             t.code.shape().tiles,
-            bytes as f64 / bound
+            d.key.encode().len(),
+            d.key.preview(preview_k)?.encode().len(),
+            100.0 * d.nudged as f64 / (t.code.shape().map_count() * m.k as usize) as f64
         );
     }
+    // What moving reals off the fakes' bytes costs: the same keys' decode, moved and not.
+    let (mut with_moves, mut without_moves) = (Vec::new(), Vec::new());
+    for t in &tests {
+        let (w, h) = t.image.dimensions();
+        let d = derived.publish(&t.code)?;
+        with_moves.push(psnr(&t.image, &decode_image(&runner, &d.key.disambiguate(&d.public)?, w, h)?)?);
+        let unmoved = ambishare_shared::derived::q8_on_real_range(&t.code)?;
+        without_moves.push(psnr(&t.image, &decode_image(&runner, &unmoved, w, h)?)?);
+    }
+    let _ = writeln!(
+        md,
+        "\nFormat v3 moves a real by one q8 level where its byte would pass as a fake: {:.2}% of reals ({nudged} of \
+         {reals}). Cost: {:.3} dB mean PSNR ({:.2} dB with the moves, {:.2} dB with the same q8 code unmoved).\n",
+        100.0 * nudged as f64 / reals.max(1) as f64,
+        mean(without_moves.clone()) - mean(with_moves.clone()),
+        mean(with_moves),
+        mean(without_moves),
+    );
 
     // ---------------------------------------------------------------- privacy
     let _ = writeln!(md, "\n## 2. Privacy: what someone without a key recovers\n");
     let stats_started = Instant::now();
     // The attacker's knowledge: codes of its own images under the public encoder.
     let mut attacker_images = Vec::new();
-    for path in list_images(&opts.attacker_images)? {
+    // Bounded work: the first photos of each source in turn.
+    for path in list_images_recursive(&opts.attacker_images)?.into_iter().take(MAX_ATTACKER_PHOTOS) {
         let mut img = load_rgb(&path)?;
         // Bounded work: at most 384x384 of each image.
         if img.width() > 384 || img.height() > 384 {
@@ -435,7 +540,8 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
     let stats = CodeStats::from_codes(attacker_codes.iter(), m.maps as usize, m.dim as usize);
     let mut subspaces = Subspaces::learn(&attacker_dense, m.maps as usize, m.dim as usize)?;
     drop(attacker_dense);
-    let (orient_prior, orient_fisher) = subspaces.choose_orientation(attacker_codes.iter(), &stats);
+    let (orient_prior, orient_fisher, orient_joint) =
+        subspaces.choose_orientation(attacker_codes.iter(), &stats, &mut rng);
     let search = SignSearch::default();
     let _ = writeln!(
         md,
@@ -458,8 +564,10 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
          support and the published magnitudes, it then searches the signs that bring the sparse vector closest \
          to the subspace (greedy sign flips from the prior's signs and {} random starts, polished with a penalty \
          on off-support values above the map's smallest published magnitude). x and -x lie in the subspace \
-         alike: it orients each map {}, the rule right more often on its own codes ({:.1}% of their maps against \
-         {:.1}% for the other).\n",
+         alike: it orients each map {}, the rule right most often on the last third of its own codes (right for \
+         {:.1}% of their maps by the positions' usual signs, {:.1}% by the side of each map's mean in its subspace, \
+         {:.1}% with all maps of a tile at once under a Gaussian model of their coordinates fitted on the first two \
+         thirds).\n",
         subspaces.samples,
         match (rank_lo, rank_hi) {
             (Some(a), Some(b)) if a == b => format!("{a}"),
@@ -474,13 +582,15 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
         match subspaces.orientation {
             Orientation::Prior => "by the positions' usual signs",
             Orientation::Fisher => "by the side of the codes' mean in the subspace (Fisher's discriminant)",
+            Orientation::Joint => "together with the other maps of its tile",
         },
-        100.0 * orient_prior.max(orient_fisher),
-        100.0 * orient_prior.min(orient_fisher),
+        100.0 * orient_prior,
+        100.0 * orient_fisher,
+        100.0 * orient_joint,
         m2 = m.dim,
     );
 
-    let schemes = schemes(&m, &shipped);
+    let schemes = schemes(&runner, &shipped, owner_master)?;
     let mut findings = Vec::new();
     // How often a decode at chance (random guess) crosses the thresholds: the metrics' floor.
     let mut chance_hits: Vec<(&str, usize, usize)> = Vec::new();
@@ -511,13 +621,17 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
         let train_acc = accuracy(&detector.predict(&rows), &labels);
 
         let mut per_attack: Vec<Vec<Outcome>> = vec![Vec::new(); Attack::ALL.len()];
+        let mut structure = Structure::default();
+        let mut identical = 0usize;
         let (mut correct, mut total) = (0usize, 0usize);
         let (mut common, mut agreeing, mut twice_maps) = (0usize, 0usize, 0usize);
         for t in &tests {
             let (w, h) = t.image.dimensions();
             let (public, key) = (scheme.publish)(&t.code, &mut rng)?;
+            structure.add(&public, &key, &stats);
             // The same image published a second time (another dataset, a re-publish).
             let (again, _) = (scheme.publish)(&t.code, &mut rng)?;
+            identical += usize::from(again.encode() == public.encode());
             let truth = key.disambiguate(&public)?;
             let floors = attacks::map_floors(&public);
             let dec = |code: &SparseCode| decode_image(&runner, code, w, h);
@@ -588,6 +702,18 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
 
         let floor = per_attack[Attack::RandomGuess as usize].iter().filter(|o| o.scores.recognisable()).count();
         let _ = writeln!(md, "### {}\n", scheme.name);
+        let _ = writeln!(
+            md,
+            "Structure of the public codes of the held-out images: published twice, {identical} of {} images give \
+             byte-identical codes. P(real | published) is {:.1}% at positions active in at least half the \
+             attacker's tiles ({:.1}% of published nonzeros) and {:.1}% elsewhere; in {:.1}% of maps every \
+             nonzero at the smallest published level is real (1/2 is what fakes drawn like reals give).\n",
+            tests.len(),
+            structure.busy_real_share(),
+            structure.busy_share(),
+            structure.calm_real_share(),
+            structure.min_all_real_share(),
+        );
         let _ = writeln!(
             md,
             "Gradient-boosted detector (perpetual, {} trees, {:.0} s to train): trained on {} nonzeros of the \
@@ -706,8 +832,7 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
 
     // ---------------------------------------------------------------- throughput
     let _ = writeln!(md, "## 3. Throughput and memory (2 cores, one run)\n");
-    let rows =
-        throughput::in_process(&runner, &tests.iter().map(|t| &t.image).collect::<Vec<_>>(), &shipped, &mut rng)?;
+    let rows = throughput::in_process(&runner, &tests.iter().map(|t| &t.image).collect::<Vec<_>>(), &derived)?;
     let _ = writeln!(md, "| what | figure |\n|---|---|");
     for (what, figure) in &rows {
         let _ = writeln!(md, "| {what} | {figure} |");

@@ -34,9 +34,30 @@ pub struct Subspaces {
     /// Per map: Fisher's direction telling x from -x, U Σ⁻¹ μ, with μ and Σ
     /// the mean and covariance of the codes' coordinates in the subspace.
     fisher: Vec<Vec<f64>>,
+    /// Per map: its subspace's basis U, dim × rank.
+    bases: Vec<DMatrix<f64>>,
+    /// The maps of a tile together: a Gaussian model of their concatenated
+    /// coordinates, fitted on the first [`Joint::fitted`] tiles only.
+    joint: Option<Joint>,
     /// How a map's orientation is chosen.
     pub orientation: Orientation,
 }
+
+/// A Gaussian model N(μ, Λ⁻¹) of a tile's concatenated subspace coordinates.
+struct Joint {
+    /// Where each map's coordinates start.
+    offsets: Vec<usize>,
+    lambda: DMatrix<f64>,
+    /// Λ μ.
+    lambda_mu: nalgebra::DVector<f64>,
+    /// Tiles it was fitted on (the first ones); the rest judge it.
+    fitted: usize,
+}
+
+/// Shrinkage of the joint covariance towards its mean variance.
+const JOINT_RIDGE: f64 = 0.1;
+/// Largest concatenated dimension the joint model is fitted for.
+const JOINT_MAX_DIM: usize = 2048;
 
 /// How the sign search tells x from -x, which lie in the subspace alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +66,9 @@ pub enum Orientation {
     Prior,
     /// The side the codes' mean in the subspace lies on (Fisher's discriminant).
     Fisher,
+    /// All maps of a tile at once: the orientations under which the tile's
+    /// coordinates are likeliest under a Gaussian model of them.
+    Joint,
 }
 
 /// How hard the sign search works.
@@ -69,7 +93,7 @@ impl Subspaces {
     /// matrix of each map index, cut at the largest singular value drop.
     pub fn learn(dense: &[f32], maps: usize, dim: usize) -> Result<Self> {
         let per_tile = maps * dim;
-        if per_tile == 0 || dense.len() % per_tile != 0 {
+        if per_tile == 0 || !dense.len().is_multiple_of(per_tile) {
             return Err(Error::Other(format!("dense codes: {} values are not tiles of {maps}×{dim}", dense.len())));
         }
         let samples = dense.len() / per_tile;
@@ -77,6 +101,7 @@ impl Subspaces {
             return Err(Error::Other(format!("subspaces: {samples} tiles, at least {} needed", 2 * dim)));
         }
         let (mut ranks, mut drops, mut projections, mut fisher) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut bases = Vec::new();
         for l in 0..maps {
             let x = DMatrix::<f64>::from_fn(samples, dim, |t, p| dense[t * per_tile + l * dim + p] as f64);
             let eigen = SymmetricEigen::new(x.tr_mul(&x));
@@ -88,20 +113,97 @@ impl Subspaces {
             let proj = &u * u.transpose();
             projections.push((0..dim * dim).map(|i| proj[(i / dim, i % dim)]).collect());
             fisher.push(fisher_direction(&x, &u).iter().copied().collect());
+            bases.push(u);
             ranks.push(rank);
             drops.push(drop);
         }
-        Ok(Subspaces { maps, dim, samples, ranks, drops, projections, fisher, orientation: Orientation::Prior })
+        let joint = fit_joint(dense, maps, dim, &bases, samples * 2 / 3);
+        Ok(Subspaces {
+            maps,
+            dim,
+            samples,
+            ranks,
+            drops,
+            projections,
+            fisher,
+            bases,
+            joint,
+            orientation: Orientation::Prior,
+        })
+    }
+
+    /// Orientations (±1) of one tile's maps, given as (positions, signed
+    /// values) in map order, that make the tile likeliest under the joint
+    /// model: greedy flips on L(o) = Σ o_l h_l - ½ Σ_(l≠l') o_l o_l' J_ll',
+    /// from all +1 and a few random starts. All +1 without a joint model.
+    pub fn orient_tile<R: Rng>(&self, maps: &[(&[u16], Vec<f64>)], rng: &mut R) -> Vec<f64> {
+        let n = maps.len();
+        let Some(joint) = self.joint.as_ref().filter(|_| n == self.maps) else {
+            return vec![1.0; n];
+        };
+        let total = joint.lambda.nrows();
+        let mut c = nalgebra::DVector::<f64>::zeros(total);
+        for (l, (pos, val)) in maps.iter().enumerate() {
+            let u = &self.bases[l];
+            for j in 0..u.ncols() {
+                c[joint.offsets[l] + j] = pos.iter().zip(val).map(|(&p, v)| v * u[(p as usize, j)]).sum();
+            }
+        }
+        let range = |l: usize| joint.offsets[l]..joint.offsets.get(l + 1).copied().unwrap_or(total);
+        // J_ll' = c_lᵀ Λ_ll' c_l' (symmetric), h_l = c_lᵀ (Λμ)_l.
+        let mut jm = vec![0f64; n * n];
+        let mut h = vec![0f64; n];
+        for l in 0..n {
+            h[l] = range(l).map(|i| c[i] * joint.lambda_mu[i]).sum();
+            for l2 in 0..n {
+                if l2 != l {
+                    jm[l * n + l2] =
+                        range(l).map(|i| c[i] * range(l2).map(|j| joint.lambda[(i, j)] * c[j]).sum::<f64>()).sum();
+                }
+            }
+        }
+        let value = |o: &[f64]| -> f64 {
+            let mut v: f64 = (0..n).map(|l| o[l] * h[l]).sum();
+            for l in 0..n {
+                for l2 in 0..n {
+                    v -= 0.5 * o[l] * o[l2] * jm[l * n + l2];
+                }
+            }
+            v
+        };
+        let climb = |mut o: Vec<f64>| -> (Vec<f64>, f64) {
+            for _ in 0..50 * n {
+                let gain = |l: usize| 2.0 * o[l] * ((0..n).map(|l2| jm[l * n + l2] * o[l2]).sum::<f64>() - h[l]);
+                let Some((l, g)) = (0..n).map(|l| (l, gain(l))).max_by(|a, b| a.1.total_cmp(&b.1)) else { break };
+                if g <= 1e-12 {
+                    break;
+                }
+                o[l] = -o[l];
+            }
+            let v = value(&o);
+            (o, v)
+        };
+        let mut best = climb(vec![1.0; n]);
+        for _ in 0..4 {
+            let start: Vec<f64> = (0..n).map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 }).collect();
+            let candidate = climb(start);
+            if candidate.1 > best.1 {
+                best = candidate;
+            }
+        }
+        best.0
     }
 
     /// Picks the orientation rule that is right more often on the attacker's
-    /// own true codes (whose signs it knows); returns how often each is
-    /// right, (prior, Fisher).
-    pub fn choose_orientation<'a>(
+    /// own true codes (whose signs it knows), counted on the tiles the joint
+    /// model was not fitted on (`codes` in the order of the dense codes
+    /// learned from); returns how often each is right: (prior, Fisher, joint).
+    pub fn choose_orientation<'a, R: Rng>(
         &mut self,
         codes: impl IntoIterator<Item = &'a SparseCode>,
         stats: &CodeStats,
-    ) -> (f64, f64) {
+        rng: &mut R,
+    ) -> (f64, f64, f64) {
         // Right: on the true code's side; a tie counts half.
         let side = |v: f64| {
             if v > 0.0 {
@@ -112,25 +214,47 @@ impl Subspaces {
                 0.0
             }
         };
-        let (mut prior_ok, mut fisher_ok, mut all) = (0f64, 0f64, 0usize);
+        let held_from = self.joint.as_ref().map_or(0, |j| j.fitted);
+        let (mut prior_ok, mut fisher_ok, mut joint_ok, mut all) = (0f64, 0f64, 0f64, 0usize);
+        let mut tile_index = 0usize;
         for code in codes {
-            for map in 0..code.shape().map_count() {
-                let l = map % self.maps;
-                let (pos, val) = code.map(map);
-                let prior: f64 = pos
-                    .iter()
-                    .zip(val)
-                    .map(|(&p, v)| v.signum() as f64 * stats.sign_mean[l * stats.dim + p as usize] as f64)
-                    .sum();
-                let fisher: f64 = pos.iter().zip(val).map(|(&p, &v)| v as f64 * self.fisher[l][p as usize]).sum();
-                prior_ok += side(prior);
-                fisher_ok += side(fisher);
-                all += 1;
+            for tile in 0..code.shape().tiles as usize {
+                tile_index += 1;
+                if tile_index <= held_from {
+                    continue;
+                }
+                let mut flipped = Vec::with_capacity(self.maps);
+                let mut truth_flips = Vec::with_capacity(self.maps);
+                for l in 0..self.maps.min(code.shape().maps as usize) {
+                    let (pos, val) = code.map(tile * code.shape().maps as usize + l);
+                    let prior: f64 = pos
+                        .iter()
+                        .zip(val)
+                        .map(|(&p, v)| v.signum() as f64 * stats.sign_mean[l * stats.dim + p as usize] as f64)
+                        .sum();
+                    let fisher: f64 = pos.iter().zip(val).map(|(&p, &v)| v as f64 * self.fisher[l][p as usize]).sum();
+                    prior_ok += side(prior);
+                    fisher_ok += side(fisher);
+                    all += 1;
+                    let r = if rng.random::<bool>() { 1.0 } else { -1.0 };
+                    truth_flips.push(r);
+                    flipped.push((pos, val.iter().map(|&v| v as f64 * r).collect::<Vec<f64>>()));
+                }
+                let o = self.orient_tile(&flipped, rng);
+                joint_ok += o.iter().zip(&truth_flips).filter(|(o, r)| **o == **r).count() as f64;
             }
         }
-        let (prior, fisher) = (prior_ok / all.max(1) as f64, fisher_ok / all.max(1) as f64);
-        self.orientation = if fisher > prior { Orientation::Fisher } else { Orientation::Prior };
-        (prior, fisher)
+        let rate = |ok: f64| ok / all.max(1) as f64;
+        let (prior, fisher, joint) =
+            (rate(prior_ok), rate(fisher_ok), if self.joint.is_some() { rate(joint_ok) } else { 0.0 });
+        self.orientation = if joint > fisher.max(prior) {
+            Orientation::Joint
+        } else if fisher > prior {
+            Orientation::Fisher
+        } else {
+            Orientation::Prior
+        };
+        (prior, fisher, joint)
     }
 
     fn projection(&self, map: usize) -> &[f64] {
@@ -187,7 +311,7 @@ impl Subspaces {
         }
         let agreement: f64 = match self.orientation {
             Orientation::Prior => s.iter().zip(prior).map(|(s, &q)| s * q as f64).sum(),
-            Orientation::Fisher => {
+            Orientation::Fisher | Orientation::Joint => {
                 let v = &self.fisher[map % self.maps];
                 (0..k).map(|i| s[i] * a[i] * v[positions[i] as usize]).sum()
             }
@@ -207,16 +331,57 @@ impl Subspaces {
         rng: &mut R,
     ) -> Result<SparseCode> {
         let mut values = Vec::with_capacity(code.values().len());
-        for map in 0..code.shape().map_count() {
-            let l = map % self.maps;
-            let (pos, val) = code.map(map);
-            let prior: Vec<f32> = pos.iter().map(|&p| stats.sign_mean[l * stats.dim + p as usize]).collect();
-            let floor = floors.get(map).copied().unwrap_or(0.0);
-            let signs = self.signs(l, pos, val, &prior, floor, search, rng);
-            values.extend(val.iter().zip(signs).map(|(v, s)| v.abs() * s));
+        let per_tile = code.shape().maps as usize;
+        for tile in 0..code.shape().tiles as usize {
+            let mut tile_maps = Vec::with_capacity(per_tile);
+            for map in tile * per_tile..(tile + 1) * per_tile {
+                let l = map % self.maps;
+                let (pos, val) = code.map(map);
+                let prior: Vec<f32> = pos.iter().map(|&p| stats.sign_mean[l * stats.dim + p as usize]).collect();
+                let floor = floors.get(map).copied().unwrap_or(0.0);
+                let signs = self.signs(l, pos, val, &prior, floor, search, rng);
+                tile_maps.push((pos, val.iter().zip(signs).map(|(v, s)| (v.abs() * s) as f64).collect::<Vec<f64>>()));
+            }
+            let orient = if self.orientation == Orientation::Joint {
+                self.orient_tile(&tile_maps, rng)
+            } else {
+                vec![1.0; per_tile]
+            };
+            for ((_, vals), o) in tile_maps.iter().zip(orient) {
+                values.extend(vals.iter().map(|v| (v * o) as f32));
+            }
         }
         Ok(SparseCode::from_parts(code.shape(), code.nnz(), code.positions().to_vec(), values)?)
     }
+}
+
+/// The joint model of a tile's coordinates from its first `fit` tiles (None
+/// when too few, or too many dimensions).
+fn fit_joint(dense: &[f32], maps: usize, dim: usize, bases: &[DMatrix<f64>], fit: usize) -> Option<Joint> {
+    let mut offsets = Vec::with_capacity(maps);
+    let mut total = 0usize;
+    for u in bases {
+        offsets.push(total);
+        total += u.ncols();
+    }
+    if total > JOINT_MAX_DIM || fit < 2 {
+        return None;
+    }
+    let per_tile = maps * dim;
+    let mut coords = DMatrix::<f64>::zeros(fit, total);
+    for (l, u) in bases.iter().enumerate() {
+        let x = DMatrix::<f64>::from_fn(fit, dim, |t, p| dense[t * per_tile + l * dim + p] as f64);
+        coords.columns_mut(offsets[l], u.ncols()).copy_from(&(x * u));
+    }
+    let mu = coords.row_mean().transpose();
+    let mut cov = coords.tr_mul(&coords) / fit as f64 - &mu * mu.transpose();
+    let ridge = JOINT_RIDGE * cov.trace() / total.max(1) as f64;
+    for i in 0..total {
+        cov[(i, i)] += ridge;
+    }
+    let lambda = cov.cholesky()?.inverse();
+    let lambda_mu = &lambda * &mu;
+    Some(Joint { offsets, lambda, lambda_mu, fitted: fit })
 }
 
 /// U Σ⁻¹ μ for the coordinates c = Uᵀx of the rows x of `x` (mean μ,
@@ -474,9 +639,11 @@ mod tests {
         let codes = SparseCode::top_k(&dense, shape, 16).unwrap();
         let mut stats = CodeStats::from_codes([&codes], maps, dim);
         stats.sign_mean.fill(0.0);
-        let (prior, fisher) = sub.choose_orientation([&codes], &stats);
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let (prior, fisher, joint) = sub.choose_orientation([&codes], &stats, &mut rng);
         assert!(fisher > 0.9 && fisher > prior, "prior {prior:.3}, Fisher {fisher:.3}");
-        assert_eq!(sub.orientation, Orientation::Fisher);
+        assert!(joint > 0.9, "joint {joint:.3}");
+        assert_ne!(sub.orientation, Orientation::Prior);
     }
 
     #[test]

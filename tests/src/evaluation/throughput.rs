@@ -11,11 +11,11 @@ use ambishare_shared::crypto::{SealingKey, SigningKey};
 use ambishare_shared::entry::NewEntry;
 use ambishare_shared::model::ModelRunner;
 use ambishare_shared::pipeline::{decode_image, encode_image};
-use ambishare_shared::{Entry, EntryId, FakeModel, ValueCodec, ambiguate};
+use ambishare_shared::{Entry, EntryId};
 use futures::StreamExt;
 use image::RgbImage;
-use rand::{CryptoRng, Rng};
 
+use crate::scheme::DerivedScheme;
 use crate::{Error, Result, list_images, load_rgb};
 
 pub fn has_cwebp() -> bool {
@@ -50,14 +50,9 @@ fn rate(n: usize, secs: f64, unit: &str) -> String {
     format!("{:.1} {unit}/s", n as f64 / secs.max(1e-9))
 }
 
-/// Library figures on `images`: encode + ambiguate + sign against JPEG + AES-256-GCM, and decode.
-pub fn in_process<R: Rng + CryptoRng>(
-    runner: &ModelRunner,
-    images: &[&RgbImage],
-    fakes: &FakeModel,
-    rng: &mut R,
-) -> Result<Vec<(String, String)>> {
-    let m = runner.manifest();
+/// Library figures on `images` under the shipped scheme (format v3): encode +
+/// ambiguate + sign against JPEG + AES-256-GCM, and decode.
+pub fn in_process(runner: &ModelRunner, images: &[&RgbImage], scheme: &DerivedScheme) -> Result<Vec<(String, String)>> {
     let (signer, _) = SigningKey::generate()?;
     let (sealer, _) = SealingKey::generate()?;
     let pixels: f64 = images.iter().map(|i| (i.width() * i.height()) as f64).sum();
@@ -67,7 +62,8 @@ pub fn in_process<R: Rng + CryptoRng>(
     let mut made = Vec::new();
     for img in images {
         let code = encode_image(runner, img)?;
-        let (public, key) = ambiguate(&code, m.k_fake, ValueCodec::Q8, fakes, rng)?;
+        let derived = scheme.publish(&code)?;
+        let (public, key) = (derived.public, derived.key);
         let entry = Entry::create(
             NewEntry {
                 owner: signer.public_key().owner_id(),
@@ -80,12 +76,11 @@ pub fn in_process<R: Rng + CryptoRng>(
             },
             &signer,
         )?;
-        let _sealed = sealer.seal(&key.encode(), entry.id.as_bytes())?;
         made.push((entry, key));
     }
     let secs = t.elapsed().as_secs_f64();
     rows.push((
-        "encode + ambiguate + sign + seal the key (library, CPU)".to_owned(),
+        "encode + ambiguate (format v3, self-checked) + sign (library, CPU)".to_owned(),
         format!("{} ({:.2} MPixel/s)", rate(images.len(), secs, "images"), pixels / 1e6 / secs),
     ));
 
