@@ -11,7 +11,6 @@ use ambishare_shared::{Device, TableFitter};
 
 use crate::{Error, Result, list_images_recursive, load_rgb};
 
-
 /// Fits on at most `max_tiles` tiles of the images under `images` (searched
 /// recursively, at most `max_side` pixels a side each, centre crop) and
 /// rewrites `<model>/manifest.json`. Returns a summary.
