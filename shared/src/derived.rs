@@ -823,29 +823,90 @@ fn settle_reals(reals: &mut [Real], map: usize, bands: &Bands, prfs: &[BandPrf])
     }
     reals.sort_unstable_by_key(key);
     if stuck {
-        moved += settle_across_bands(reals, map, bands, prfs)?;
+        let before: Vec<Real> = reals.to_vec();
+        moved += match settle_top_down(reals, map, bands, prfs) {
+            Ok(moves) => moves,
+            Err(_) => {
+                reals.copy_from_slice(&before);
+                settle_at_random(reals, map, bands, prfs)?
+            }
+        };
     }
     Ok(moved)
 }
 
-/// The rare fallback of [`settle_reals`]: moves that may reorder reals across
-/// bands, repeated until no real's byte passes its band's cell.
-fn settle_across_bands(reals: &mut [Real], map: usize, bands: &Bands, prfs: &[BandPrf]) -> Result<usize> {
-    for moves in 0..4 * reals.len() + 8 {
+/// The fallback of [`settle_reals`], which always ends: fixes the reals in
+/// walk order, one rank at a time. The real that comes next keeps its level
+/// when its byte fails its band's cell; else it moves down one level (and the
+/// next real is chosen again), so the reals already fixed never change rank.
+/// At level 0 it moves up to the nearest level that fails, still behind the
+/// reals already fixed.
+fn settle_top_down(reals: &mut [Real], map: usize, bands: &Bands, prfs: &[BandPrf]) -> Result<usize> {
+    let key = |r: &Real| (std::cmp::Reverse(r.level), r.position);
+    let mut moves = 0usize;
+    for rank in 0..reals.len() {
+        loop {
+            let next = (rank..reals.len()).min_by_key(|&i| key(&reals[i])).unwrap_or(rank);
+            reals.swap(rank, next);
+            let cell = prfs[bands.of_rank(rank)].cell(map, reals[rank].position);
+            let sign = if reals[rank].negative ^ cell.flip { 0x80 } else { 0 };
+            if !cell.passes(reals[rank].level | sign) {
+                break;
+            }
+            moves += 1;
+            if reals[rank].level > 0 {
+                reals[rank].level -= 1;
+                continue;
+            }
+            let behind = rank.checked_sub(1).map(|i| key(&reals[i]));
+            let position = reals[rank].position;
+            let up = (1..=Q8_MAX_LEVEL)
+                .find(|&l| behind.is_none_or(|b| b < (std::cmp::Reverse(l), position)) && !cell.passes(l | sign))
+                .ok_or_else(|| Error::invalid("ambiguation", "reals did not settle clear of the fakes' bytes"))?;
+            reals[rank].level = up;
+            break;
+        }
+    }
+    Ok(moves)
+}
+
+/// The last resort of [`settle_reals`] (reals crowded at the lowest level,
+/// where no move keeps the reals already fixed in place): moves a passing
+/// real to one of the three nearest levels that fail its cell, chosen at
+/// random (from the map's own seed, so the same image settles the same way),
+/// and checks every real again, until none passes.
+fn settle_at_random(reals: &mut [Real], map: usize, bands: &Bands, prfs: &[BandPrf]) -> Result<usize> {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(map as u64).to_le_bytes());
+    for r in reals.iter() {
+        seed[8 + (r.position as usize % 24)] ^= r.level;
+    }
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    for moves in 0..64 * reals.len() + 64 {
         reals.sort_unstable_by(|a, b| b.level.cmp(&a.level).then(a.position.cmp(&b.position)));
-        let collision = reals.iter().enumerate().find_map(|(rank, r)| {
-            let cell = prfs[bands.of_rank(rank)].cell(map, r.position);
-            let sign = if r.negative ^ cell.flip { 0x80 } else { 0 };
-            cell.passes(r.level | sign).then_some((rank, cell, sign))
-        });
-        let Some((rank, cell, sign)) = collision else { return Ok(moves) };
+        let collisions: Vec<(usize, Cell, u8)> = reals
+            .iter()
+            .enumerate()
+            .filter_map(|(rank, r)| {
+                let cell = prfs[bands.of_rank(rank)].cell(map, r.position);
+                let sign = if r.negative ^ cell.flip { 0x80 } else { 0 };
+                cell.passes(r.level | sign).then_some((rank, cell, sign))
+            })
+            .collect();
+        if collisions.is_empty() {
+            return Ok(moves);
+        }
+        let (rank, cell, sign) = collisions[rng.random_range(0..collisions.len())];
         let level = reals[rank].level as i16;
-        let moved = (1..=Q8_MAX_LEVEL as i16)
+        let near: Vec<i16> = (1..=Q8_MAX_LEVEL as i16)
             .flat_map(|d| [level - d, level + d])
-            .filter(|l| (0..=Q8_MAX_LEVEL as i16).contains(l))
-            .find(|&l| !cell.passes(l as u8 | sign))
-            .ok_or(Error::Crypto("no q8 level fails a cell"))?;
-        reals[rank].level = moved as u8;
+            .filter(|l| (0..=Q8_MAX_LEVEL as i16).contains(l) && !cell.passes(*l as u8 | sign))
+            .take(3)
+            .collect();
+        if near.is_empty() {
+            break;
+        }
+        reals[rank].level = near[rng.random_range(0..near.len())] as u8;
     }
     Err(Error::invalid("ambiguation", "reals did not settle clear of the fakes' bytes"))
 }
@@ -1092,6 +1153,37 @@ mod tests {
         assert!((0.50..0.65).contains(&share), "{share} of fakes in the busy band");
         // The smallest published level is not a sure sign of a real.
         assert!(min_only_real < shape.map_count() * 3 / 4, "{min_only_real} of {} maps", shape.map_count());
+    }
+
+    #[test]
+    fn reals_of_equal_magnitude_settle() {
+        // Every real of a map at one magnitude: all at level 0, so no move keeps
+        // a real inside its band and the top-down fallback must settle them.
+        let (maps, dim) = (4u16, 256u16);
+        let shape = CodeShape::new(50, maps, dim).unwrap();
+        let dense: Vec<f32> = (0..shape.dense_len())
+            .map(|i| match i % 256 {
+                p if p < 64 => {
+                    if (i / 256) % 3 == 0 {
+                        1.0
+                    } else if p % 2 == 0 {
+                        2.0
+                    } else {
+                        -2.0
+                    }
+                }
+                p => 1e-3 * (1.0 + p as f32 / 256.0),
+            })
+            .collect();
+        let code = SparseCode::top_k(&dense, shape, 64).unwrap();
+        let tables = FakeTables::new(maps, dim, None, None).unwrap();
+        for seed in 0..4 {
+            let d = ambiguate_derived(&code, &master(seed), &context(64, vec![16, 32, 64]), &tables).unwrap();
+            assert_eq!(d.key.disambiguate(&d.public).unwrap().positions(), code.positions());
+            for kp in [16, 32] {
+                assert_eq!(d.key.preview(kp).unwrap().disambiguate(&d.public).unwrap().nnz(), kp);
+            }
+        }
     }
 
     #[test]
