@@ -481,12 +481,13 @@ pub fn random_guess<R: Rng>(code: &AmbiguatedCode, k: u16, rng: &mut R) -> Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
 
-    fn gaussian_code(seed: u64, shape: CodeShape, k: u16) -> SparseCode {
+    /// A top-k code of standard normal dense values (Box-Muller), for tests here and in `derived`.
+    pub(crate) fn gaussian_code(seed: u64, shape: CodeShape, k: u16) -> SparseCode {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let dense: Vec<f32> = (0..shape.dense_len())
             .map(|_| {

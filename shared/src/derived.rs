@@ -72,6 +72,11 @@ fn hkdf32(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; SECRET_LEN] {
     out
 }
 
+/// `bytes` as a secret's 32 bytes, or why not.
+fn secret_bytes(what: &'static str, bytes: &[u8]) -> Result<[u8; SECRET_LEN]> {
+    bytes.try_into().map_err(|_| Error::invalid(what, format!("must be {SECRET_LEN} bytes")))
+}
+
 /// The owner's one master secret: every entry's secret derives from it.
 /// Never log it (Debug hides it).
 #[derive(Clone, PartialEq, Eq)]
@@ -89,9 +94,7 @@ impl MasterSecret {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let raw: [u8; SECRET_LEN] =
-            bytes.try_into().map_err(|_| Error::invalid("master secret", format!("must be {SECRET_LEN} bytes")))?;
-        Ok(MasterSecret(raw))
+        Ok(MasterSecret(secret_bytes("master secret", bytes)?))
     }
 
     /// The raw bytes, to be sealed (never written in the clear).
@@ -129,9 +132,7 @@ impl std::fmt::Debug for EntryTag {
 
 impl EntryTag {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let raw: [u8; SECRET_LEN] =
-            bytes.try_into().map_err(|_| Error::invalid("entry tag", format!("must be {SECRET_LEN} bytes")))?;
-        Ok(EntryTag(raw))
+        Ok(EntryTag(secret_bytes("entry tag", bytes)?))
     }
 
     pub fn as_bytes(&self) -> &[u8; SECRET_LEN] {
@@ -1020,20 +1021,9 @@ fn inclusion_probabilities(weights: &[f64], n: usize) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ambiguate::tests::gaussian_code;
     use crate::code::CodeShape;
     use half::f16;
-
-    fn gaussian_code(seed: u64, shape: CodeShape, k: u16) -> SparseCode {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let dense: Vec<f32> = (0..shape.dense_len())
-            .map(|_| {
-                let u: f64 = 1.0 - rng.random::<f64>();
-                let v: f64 = rng.random();
-                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-            })
-            .collect();
-        SparseCode::top_k(&dense, shape, k).unwrap()
-    }
 
     fn context(k_fake: u16, bands: Vec<u16>) -> DerivationContext {
         DerivationContext { model: ModelId::from_bytes([7; 32]), k_fake, bands: Bands::new(bands).unwrap() }
