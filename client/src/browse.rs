@@ -15,8 +15,9 @@ use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::models::ModelCache;
-use crate::pull::{png_path, progress_bar, write_png};
+use crate::pull::{progress_bar, write_png};
 use crate::registry_tls;
+use crate::sidecar::png_path;
 
 #[derive(Clone, Debug)]
 pub struct BrowseOptions {

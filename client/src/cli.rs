@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::browse::{self, BrowseOptions};
 use crate::config::{self, FileConfig};
 use crate::error::{Error, Result};
-use crate::pull::{self, PullOptions};
+use crate::gallery::{self, GalleryOptions};
+use crate::pull::{self, PullOptions, PullOutputs};
 
 /// A party's node of ambishare: pulls ambiguated codes from a public registry,
 /// fetches this party's support keys from the owner over mutual TLS, and
@@ -40,7 +41,8 @@ pub enum Command {
     /// request (<home>/party.csr) to give the owner, who answers with `ambishare-owner grant`.
     Enroll(EnrollArgs),
     /// Pull a dataset: verify each entry's owner signature, fetch this party's keys over
-    /// mutual TLS, decode locally and write PNGs. Entries without a key are reported by reason.
+    /// mutual TLS, decode locally and write PNGs (each beside the public view of the same code
+    /// and a JSON sidecar, for `gallery`). Entries without a key are reported by reason.
     #[command(after_help = PULL_EXIT_CODES)]
     Pull(PullArgs),
     /// What the public sees: list entries and, with --out, render the public decode of their
@@ -48,6 +50,14 @@ pub enum Command {
     Browse(BrowseArgs),
     /// Show one entry's metadata and whether its owner signature verifies.
     Show(ShowArgs),
+    /// Serve, to a browser on this machine, a gallery of what `pull` wrote into --out: each
+    /// decoded image beside what the public sees, by dataset, newest first, with its metadata.
+    ///
+    /// It only reads --out: it talks to no node and needs no key, and nothing leaves this
+    /// machine. It listens on loopback (127.0.0.1, ::1) and answers only to loopback host
+    /// names unless --allow-remote is given: the images are this party's private decodes,
+    /// and the gallery has no login. Stop it with Ctrl-C.
+    Gallery(GalleryArgs),
 }
 
 /// What `pull`'s exit code means (the numbers are [`pull::PullOutcome::exit_code`]'s).
@@ -109,12 +119,18 @@ pub struct PullArgs {
     /// Only this dataset [default: every dataset of the owner]
     #[arg(long)]
     pub dataset: Option<DatasetName>,
-    /// Where the PNGs go (one <entry-id>.png each); entries already there are skipped
+    /// Where the PNGs go: <entry-id>.png (this party's decode), <entry-id>.public.png (what the
+    /// public sees) and <entry-id>.json (its metadata, written last); entries already complete
+    /// there are skipped
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Decode again the entries whose PNG is already in --out
+    /// Decode again the entries already complete in --out
     #[arg(long)]
     pub redo: bool,
+    /// Do not write <entry-id>.public.png, the public decode of each entry (it costs a second
+    /// decode an entry)
+    #[arg(long)]
+    pub no_public_view: bool,
     /// Entries per key request
     #[arg(long, env = "AMBISHARE_CLIENT_BATCH")]
     pub batch: Option<usize>,
@@ -136,6 +152,21 @@ pub struct BrowseArgs {
     /// Show at most this many entries (0: all)
     #[arg(long, default_value_t = 0)]
     pub limit: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GalleryArgs {
+    /// The folder `pull --out` wrote (<entry-id>.png, .public.png and .json)
+    #[arg(long, env = "AMBISHARE_CLIENT_GALLERY_OUT", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Address to listen on (HOST:PORT); a loopback address unless --allow-remote
+    #[arg(long, env = "AMBISHARE_CLIENT_GALLERY_LISTEN", value_name = "ADDR", default_value = gallery::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Also listen on a non-loopback address and answer to any host name. Anyone who can reach
+    /// the address then sees this party's decoded private images: there is no login. (A flag
+    /// only, with no environment variable, so it is never on by accident.)
+    #[arg(long)]
+    pub allow_remote: bool,
 }
 
 #[derive(Debug, Args)]
@@ -222,12 +253,17 @@ impl Registry {
 /// Runs one command; its exit code when it ran to its end (only `pull` can end
 /// short of complete without an error).
 async fn dispatch(cli: Cli) -> Result<u8> {
+    // The gallery reads only its folder: no home, config file or node.
+    let command = match cli.command {
+        Command::Gallery(args) => return run_gallery(args).await.map(|()| 0),
+        other => other,
+    };
     let home = match cli.home {
         Some(h) => h,
         None => config::default_home()?,
     };
     let file = FileConfig::load(cli.config.as_deref(), &home)?;
-    match cli.command {
+    match command {
         Command::Enroll(args) => {
             let done = crate::enroll(&home, &args.party)?;
             println!("private key: {} (stays here)", done.key_path.display());
@@ -266,7 +302,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 batch: pick(args.batch, file.batch, config::DEFAULT_BATCH),
                 progress: registry.progress,
             };
-            let summary = pull::pull(&opts).await?;
+            let outputs = PullOutputs { public_view: !args.no_public_view };
+            let summary = pull::pull_with(&opts, outputs).await?;
             print!("{}", summary.report());
             println!("images in {}", opts.out.display());
             if let Some(why) = summary.shortfall() {
@@ -296,8 +333,57 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let registry = Registry::resolve(args.registry, &file, &home)?;
             print!("{}", browse::show(&registry.url, registry.ca.as_deref(), args.entry).await?);
         }
+        // Served above, before the home is looked for.
+        Command::Gallery(args) => run_gallery(args).await?,
     }
     Ok(0)
+}
+
+/// Resolves --listen, refuses a non-loopback address without --allow-remote
+/// (before binding it), binds and serves until Ctrl-C or SIGTERM.
+async fn run_gallery(args: GalleryArgs) -> Result<()> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&args.listen)
+        .await
+        .map_err(|e| Error::io(format!("resolving --listen {}", args.listen), e))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::Config(format!("--listen {} names no address", args.listen)));
+    }
+    for addr in &addrs {
+        gallery::check_listen_addr(*addr, args.allow_remote)?;
+    }
+    let listener = tokio::net::TcpListener::bind(addrs.as_slice())
+        .await
+        .map_err(|e| Error::io(format!("listening on {}", args.listen), e))?;
+    let addr = listener.local_addr().map_err(|e| Error::io("reading the gallery's address", e))?;
+    let opts = GalleryOptions { allow_remote: args.allow_remote, ..GalleryOptions::new(args.out) };
+    println!("gallery: http://{addr}/");
+    gallery::serve_gallery(opts, listener, shutdown_signal()).await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -24,6 +24,15 @@ pub enum Error {
     Image(#[from] image::ImageError),
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A sidecar (`<entry-id>.json` beside a pull's PNGs) that does not parse.
+    #[error("sidecar {path}: {reason}")]
+    Sidecar { path: String, reason: String },
+    /// The gallery's caller sent a request that does not parse (HTTP 400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The gallery has nothing by that name (HTTP 404).
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 impl Error {

@@ -4,13 +4,17 @@
 //! - [`pull::pull()`]: stream a dataset from the registry, verify each owner signature, fetch
 //!   the party's support keys over mutual TLS, disambiguate and decode to PNG.
 //! - [`browse::browse()`] and [`browse::show()`]: what the public sees, without keys.
+//! - [`gallery::serve_gallery()`]: a loopback web view of what `pull` wrote
+//!   (each decode beside the public view, with its [`sidecar::Sidecar`]).
 
 pub mod browse;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gallery;
 pub mod models;
 pub mod pull;
+pub mod sidecar;
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
 //! `pull`: stream a dataset's entries, verify each owner signature, fetch the
-//! party's keys over mTLS, disambiguate and decode to PNG.
+//! party's keys over mTLS, disambiguate and decode to PNG; beside each, the
+//! public decode of the same code and a JSON sidecar (see [`crate::sidecar`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::models::ModelCache;
 use crate::registry_tls;
+use crate::sidecar::{self, Sidecar, png_path, public_png_path, sidecar_path};
 
 /// What `pull` needs.
 #[derive(Clone, Debug)]
@@ -29,8 +31,8 @@ pub struct PullOptions {
     /// Only this dataset (every dataset the owner published otherwise).
     pub dataset: Option<DatasetName>,
     pub out: PathBuf,
-    /// Decode again entries whose PNG is already in `out` (skipped otherwise,
-    /// so an interrupted pull picks up where it stopped).
+    /// Decode again entries already complete in `out` (skipped otherwise,
+    /// so an interrupted pull picks up where it stopped; see [`sidecar::is_complete`]).
     pub redo: bool,
     pub model_cache: PathBuf,
     pub device: Device,
@@ -39,12 +41,28 @@ pub struct PullOptions {
     pub progress: bool,
 }
 
+/// What `pull` writes beside each `<entry-id>.png`, besides its sidecar
+/// (kept out of [`PullOptions`] so that callers building it keep compiling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PullOutputs {
+    /// Also write `<entry-id>.public.png`: the public decode of the same
+    /// ambiguated code (every nonzero, real and fake), what everyone else sees.
+    pub public_view: bool,
+}
+
+impl Default for PullOutputs {
+    fn default() -> Self {
+        PullOutputs { public_view: true }
+    }
+}
+
 /// What happened to every entry seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PullSummary {
     /// Decoded and written, by tier of the key.
     pub decoded: BTreeMap<Tier, u64>,
-    /// Verified entries whose PNG was already in the output folder: not asked for again.
+    /// Verified entries already complete in the output folder (images and
+    /// sidecar): not asked for again.
     pub already_present: u64,
     /// Entries without a key, by reason.
     pub denied: BTreeMap<Denial, Vec<EntryId>>,
@@ -167,8 +185,14 @@ pub(crate) fn progress_bar(enabled: bool, what: &str) -> ProgressBar {
     bar
 }
 
-/// Pulls, verifies, unlocks and decodes every entry the owner published (in `dataset`).
+/// Pulls, verifies, unlocks and decodes every entry the owner published (in
+/// `dataset`), with the default [`PullOutputs`] (the public view included).
 pub async fn pull(opts: &PullOptions) -> Result<PullSummary> {
+    pull_with(opts, PullOutputs::default()).await
+}
+
+/// [`pull`], choosing what is written beside each decode.
+pub async fn pull_with(opts: &PullOptions, outputs: PullOutputs) -> Result<PullSummary> {
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(format!("creating {}", opts.out.display()), e))?;
     let mut keys = KeyClient::connect(&opts.owner_url, opts.identity.clone()).await.map_err(Error::Owner)?;
     // Over mTLS, so the owner's signing key comes from the owner, not the registry.
@@ -191,7 +215,9 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary> {
             bar.inc(1);
             match item {
                 Ok(entry) => match entry.verify(&me.owner_public_key) {
-                    Ok(()) if !opts.redo && png_path(&opts.out, entry.id).exists() => summary.already_present += 1,
+                    Ok(()) if !opts.redo && sidecar::is_complete(&opts.out, entry.id, outputs.public_view) => {
+                        summary.already_present += 1
+                    }
                     Ok(()) => batch.push(entry),
                     Err(_) => {
                         warn!(entry = %entry.id, "owner signature does not verify: skipped");
@@ -205,7 +231,8 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary> {
         }
         if batch.len() >= opts.batch.max(1) || (done && !batch.is_empty()) {
             let chunk = std::mem::take(&mut batch);
-            unlock_and_decode(chunk, &mut keys, &registry, &mut models, &opts.out, &mut summary).await?;
+            let out = Output { dir: &opts.out, public_view: outputs.public_view };
+            unlock_and_decode(chunk, &mut keys, &registry, &mut models, out, &mut summary).await?;
             bar.set_message(format!("{} decoded", summary.decoded_total()));
         }
         if done {
@@ -216,12 +243,19 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary> {
     Ok(summary)
 }
 
+/// Where a batch's files go.
+#[derive(Clone, Copy)]
+struct Output<'a> {
+    dir: &'a Path,
+    public_view: bool,
+}
+
 async fn unlock_and_decode(
     chunk: Vec<Entry>,
     keys: &mut KeyClient,
     registry: &RegistryClient,
     models: &mut ModelCache,
-    out: &Path,
+    out: Output<'_>,
     summary: &mut PullSummary,
 ) -> Result<()> {
     let ids: Vec<EntryId> = chunk.iter().map(|e| e.id).collect();
@@ -237,13 +271,13 @@ async fn unlock_and_decode(
             Err(denial) => summary.denied.entry(denial).or_default().push(entry.id),
         }
     }
-    let out = out.to_owned();
+    let (dir, public_view) = (out.dir.to_owned(), out.public_view);
     // Decoding is CPU work: off the async threads.
     let results = tokio::task::spawn_blocking(move || {
         work.into_iter()
             .map(|(entry, key, runner)| {
                 let tier = key.tier();
-                let written = decode_to_png(&entry, &key, &runner, &out);
+                let written = decode_to_files(&entry, &key, &runner, &dir, public_view);
                 (entry.id, tier, written)
             })
             .collect::<Vec<_>>()
@@ -258,22 +292,28 @@ async fn unlock_and_decode(
     Ok(())
 }
 
-fn decode_to_png(entry: &Entry, key: &EntryKey, runner: &ModelRunner, out: &Path) -> Result<()> {
+/// Writes `<id>.png` (the key's decode), `<id>.public.png` (with `public_view`:
+/// every nonzero decoded, as `browse` does) and then the sidecar.
+fn decode_to_files(entry: &Entry, key: &EntryKey, runner: &ModelRunner, out: &Path, public_view: bool) -> Result<()> {
     let code = key.disambiguate(&entry.code)?;
     let image = decode_image(runner, &code, entry.width, entry.height)?;
-    write_png(&image, &png_path(out, entry.id))
+    // A sidecar vouches for the images beside it: none while they are replaced.
+    sidecar::remove_if_present(&sidecar_path(out, entry.id))?;
+    write_png(&image, &png_path(out, entry.id))?;
+    if public_view {
+        let public = entry.code.to_sparse()?;
+        let image = decode_image(runner, &public, entry.width, entry.height)?;
+        write_png(&image, &public_png_path(out, entry.id))?;
+    }
+    Sidecar::for_entry(entry, key.tier(), public_view, sidecar::now_unix_ms()).write(out)?;
+    Ok(())
 }
 
-/// Where an entry's decode goes (written whole or not at all, see [`write_png`]).
-pub(crate) fn png_path(out: &Path, id: EntryId) -> PathBuf {
-    out.join(format!("{id}.png"))
-}
-
-/// Writes through a temporary file, so a crash never leaves half a PNG.
+/// Writes through a synced temporary file, so a crash never leaves half a PNG.
 pub(crate) fn write_png(image: &image::RgbImage, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("png.tmp");
-    image.save_with_format(&tmp, image::ImageFormat::Png)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    let mut bytes = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    sidecar::write_atomic(path, &bytes)
 }
 
 /// Checks an entry against a public key (exposed for `show`).

@@ -35,6 +35,10 @@ pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 pub const MAX_CONCURRENT_MODEL_UPLOADS: usize = 2;
 /// Concurrent model downloads (each holds one file in memory).
 pub const MAX_CONCURRENT_MODEL_DOWNLOADS: usize = 8;
+pub const DEFAULT_THUMBNAIL_WORKERS: usize = 1;
+pub const DEFAULT_THUMBNAIL_QUEUE: usize = 256;
+/// 1024 tiles: a 2048x2048 image under the 64x64 model, about 2 s on one core.
+pub const DEFAULT_THUMBNAIL_MAX_TILES: u32 = 1024;
 
 /// Configuration of `ambishare-registry serve`, as read from a TOML file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +61,15 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`GET /metrics`); unset: no endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the read-only web view (HTML pages and `/api/v1/`, plain HTTP); unset: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
+    /// Threads rendering the web view's thumbnails (one ONNX Runtime thread each).
+    pub thumbnail_workers: usize,
+    /// Thumbnails waiting to be rendered; requests beyond it are asked again later.
+    pub thumbnail_queue: usize,
+    /// Largest entry, in tiles, the web view renders a thumbnail of.
+    pub thumbnail_max_tiles: u32,
     /// Largest gRPC message received or sent, in bytes.
     pub max_message_bytes: usize,
     /// Most entries in one PublishRequest message.
@@ -85,6 +98,10 @@ impl Default for Config {
             tls_key: None,
             danger_plaintext: false,
             metrics_listen: None,
+            http_listen: None,
+            thumbnail_workers: DEFAULT_THUMBNAIL_WORKERS,
+            thumbnail_queue: DEFAULT_THUMBNAIL_QUEUE,
+            thumbnail_max_tiles: DEFAULT_THUMBNAIL_MAX_TILES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_entries_per_message: DEFAULT_MAX_ENTRIES_PER_MESSAGE,
             max_code_bytes: DEFAULT_MAX_CODE_BYTES,
@@ -134,6 +151,8 @@ impl Config {
             ("max_model_bytes", self.max_model_bytes),
             ("group_commit_entries", self.group_commit_entries as u64),
             ("publish_queue", self.publish_queue as u64),
+            ("thumbnail_workers", self.thumbnail_workers as u64),
+            ("thumbnail_queue", self.thumbnail_queue as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("{name} must be at least 1")));
@@ -253,6 +272,20 @@ pub struct ServeArgs {
     /// Address of the Prometheus endpoint (GET /metrics); none by default.
     #[arg(long, env = "AMBISHARE_REGISTRY_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the read-only web view: HTML pages of owners, datasets (thumbnails of
+    /// the public decode), entries and models, and the same data as JSON under /api/v1/.
+    /// Plain HTTP: put a TLS proxy in front of it off loopback. None by default.
+    #[arg(long, env = "AMBISHARE_REGISTRY_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Threads rendering thumbnails for the web view [default: 1].
+    #[arg(long, env = "AMBISHARE_REGISTRY_THUMBNAIL_WORKERS", value_name = "N")]
+    pub thumbnail_workers: Option<usize>,
+    /// Thumbnails queued for rendering [default: 256].
+    #[arg(long, env = "AMBISHARE_REGISTRY_THUMBNAIL_QUEUE", value_name = "N")]
+    pub thumbnail_queue: Option<usize>,
+    /// Largest entry, in tiles, given a thumbnail [default: 1024].
+    #[arg(long, env = "AMBISHARE_REGISTRY_THUMBNAIL_MAX_TILES", value_name = "TILES")]
+    pub thumbnail_max_tiles: Option<u32>,
     /// Largest gRPC message received or sent, in bytes [default: 16777216].
     #[arg(long, env = "AMBISHARE_REGISTRY_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -325,6 +358,9 @@ impl ServeArgs {
             publish_queue,
             cache_mib,
             shutdown_grace_secs,
+            thumbnail_workers,
+            thumbnail_queue,
+            thumbnail_max_tiles,
         );
         if self.tls_cert.is_some() {
             c.tls_cert = self.tls_cert.clone();
@@ -334,6 +370,9 @@ impl ServeArgs {
         }
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
+        }
+        if self.http_listen.is_some() {
+            c.http_listen = self.http_listen;
         }
         Ok(c)
     }

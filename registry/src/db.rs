@@ -16,6 +16,11 @@ use crate::store::{KeyValue, Store, Tree};
 
 const META_SCHEMA: &[u8] = b"schema";
 const META_LAST_SEQ: &[u8] = b"last_seq";
+/// Present once the `datasets` tree holds a summary of every stored entry
+/// (data directories from before it existed are summarised when opened).
+const META_DATASETS: &[u8] = b"datasets/1";
+/// Most models listed in one dataset's summary (the counts stay exact).
+const MAX_SUMMARY_MODELS: usize = 64;
 /// Layout version of the data directory.
 const SCHEMA_VERSION: &[u8] = b"ambishare-registry/1";
 
@@ -34,8 +39,98 @@ pub struct Prepared {
     pub id: EntryId,
     pub owner: OwnerId,
     pub dataset: DatasetName,
+    pub model: ModelId,
+    pub created_unix_ms: i64,
+    /// Size of the ambiguated code.
+    pub code_bytes: u64,
     /// Prost encoding of the canonical `types.v1.Entry`.
     pub encoded: Vec<u8>,
+}
+
+/// What one owner's dataset holds, kept in the same write as each entry and
+/// deletion, so the web view's home page reads one record per dataset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatasetSummary {
+    pub entries: u64,
+    /// Sum of the entries' code sizes.
+    pub code_bytes: u64,
+    /// Greatest creation time of an entry ever published in it (0: none).
+    pub last_created_unix_ms: i64,
+    /// Models used, with their entry counts (at most [`MAX_SUMMARY_MODELS`]).
+    pub models: Vec<(ModelId, u64)>,
+}
+
+impl DatasetSummary {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(26 + self.models.len() * 40);
+        out.extend_from_slice(&self.entries.to_be_bytes());
+        out.extend_from_slice(&self.code_bytes.to_be_bytes());
+        out.extend_from_slice(&self.last_created_unix_ms.to_be_bytes());
+        // At most MAX_SUMMARY_MODELS, which fits a u16.
+        out.extend_from_slice(&(self.models.len() as u16).to_be_bytes());
+        for (model, count) in &self.models {
+            out.extend_from_slice(model.as_bytes());
+            out.extend_from_slice(&count.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let bad = || Error::corrupt("datasets", "malformed dataset summary");
+        let (head, rest) = bytes.split_first_chunk::<26>().ok_or_else(bad)?;
+        let u64_at = |i: usize| head.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        let entries = u64_at(0).ok_or_else(bad)?;
+        let code_bytes = u64_at(8).ok_or_else(bad)?;
+        let last_created_unix_ms = u64_at(16).ok_or_else(bad)? as i64;
+        let n = usize::from(u16::from_be_bytes([head[24], head[25]]));
+        if rest.len() != n * 40 || n > MAX_SUMMARY_MODELS {
+            return Err(bad());
+        }
+        let models = rest
+            .chunks_exact(40)
+            .map(|c| {
+                let (id, count) = c.split_at(32);
+                let id: [u8; 32] = id.try_into().map_err(|_| bad())?;
+                let count: [u8; 8] = count.try_into().map_err(|_| bad())?;
+                Ok((ModelId::from_bytes(id), u64::from_be_bytes(count)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(DatasetSummary { entries, code_bytes, last_created_unix_ms, models })
+    }
+
+    fn add(&mut self, model: ModelId, code_bytes: u64, created_unix_ms: i64) {
+        self.entries += 1;
+        self.code_bytes = self.code_bytes.saturating_add(code_bytes);
+        self.last_created_unix_ms = self.last_created_unix_ms.max(created_unix_ms);
+        if let Some((_, count)) = self.models.iter_mut().find(|(m, _)| *m == model) {
+            *count += 1;
+        } else if self.models.len() < MAX_SUMMARY_MODELS {
+            self.models.push((model, 1));
+        }
+    }
+
+    fn remove(&mut self, model: &ModelId, code_bytes: u64) {
+        self.entries = self.entries.saturating_sub(1);
+        self.code_bytes = self.code_bytes.saturating_sub(code_bytes);
+        if let Some(i) = self.models.iter().position(|(m, _)| m == model) {
+            self.models[i].1 = self.models[i].1.saturating_sub(1);
+            if self.models[i].1 == 0 {
+                self.models.remove(i);
+            }
+        }
+    }
+}
+
+/// One owner's dataset and its summary, as the home page lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetRow {
+    pub owner: OwnerId,
+    pub dataset: DatasetName,
+    pub summary: DatasetSummary,
+}
+
+fn summary_key(owner: &OwnerId, dataset: &str) -> Vec<u8> {
+    [owner.as_bytes().as_slice(), dataset.as_bytes()].concat()
 }
 
 /// What became of one entry handed to [`Db::insert_entry`].
@@ -168,7 +263,43 @@ impl Db {
                 store.flush()?;
             }
         }
-        Ok(Db { store })
+        let db = Db { store };
+        if db.store.get(Tree::Meta, META_DATASETS)?.is_none() {
+            db.summarise_datasets()?;
+        }
+        Ok(db)
+    }
+
+    /// Writes the `datasets` tree from the stored entries (once, for data
+    /// directories made before it existed; before the writer starts).
+    fn summarise_datasets(&self) -> Result<()> {
+        let mut summaries = std::collections::BTreeMap::<Vec<u8>, DatasetSummary>::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let pairs = self.store.scan(Tree::Entries, &[], after.as_deref(), 256)?;
+            let Some((last, _)) = pairs.last() else { break };
+            after = Some(last.clone());
+            for (_, record) in pairs {
+                let stored = decode_record(record)?;
+                let e = &stored.entry;
+                let owner: OwnerId = e.owner_id.parse().map_err(|_| Error::corrupt("entries", "bad owner id"))?;
+                let model: ModelId = e.model_id.parse().map_err(|_| Error::corrupt("entries", "bad model id"))?;
+                summaries.entry(summary_key(&owner, &e.dataset)).or_default().add(
+                    model,
+                    e.code.len() as u64,
+                    e.created_unix_ms,
+                );
+            }
+        }
+        if !summaries.is_empty() {
+            tracing::info!(datasets = summaries.len(), "summarised the stored datasets for the web view");
+        }
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = summaries.into_iter().map(|(k, v)| (k, v.encode())).collect();
+        let mut writes: Vec<KeyValue<'_>> =
+            encoded.iter().map(|(k, v)| (Tree::Datasets, k.as_slice(), Some(v.as_slice()))).collect();
+        writes.push((Tree::Meta, META_DATASETS, Some(b"1")));
+        self.store.apply(&[(Tree::Meta, META_DATASETS, None)], &writes)?;
+        self.store.flush()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -252,16 +383,27 @@ impl Db {
         let id = e.id.as_bytes().as_slice();
         let record = [seq.to_be_bytes().as_slice(), &e.encoded].concat();
         let (by_seq, by_owner, by_dataset) = index_keys(seq, &e.owner, e.dataset.as_str());
-        let writes: [KeyValue<'_>; 4] = [
-            (Tree::Entries, id, Some(&record)),
-            (Tree::BySeq, &by_seq, Some(id)),
-            (Tree::ByOwner, &by_owner, Some(id)),
-            (Tree::ByDataset, &by_dataset, Some(id)),
-        ];
-        // A concurrent delete can change the answer between the attempt and the
-        // reads that explain its failure; the loop settles it.
-        for _ in 0..3 {
-            if self.store.apply(&[(Tree::Entries, id, None), (Tree::Deleted, id, None)], &writes)? {
+        let summary_key = summary_key(&e.owner, e.dataset.as_str());
+        // A concurrent delete can change the answer (or the dataset's summary)
+        // between the attempt and the reads that explain its failure; the loop settles it.
+        for _ in 0..8 {
+            let old_summary = self.store.get(Tree::Datasets, &summary_key)?;
+            let mut summary = old_summary.as_deref().map(DatasetSummary::decode).transpose()?.unwrap_or_default();
+            summary.add(e.model, e.code_bytes, e.created_unix_ms);
+            let summary = summary.encode();
+            let writes: [KeyValue<'_>; 5] = [
+                (Tree::Entries, id, Some(&record)),
+                (Tree::BySeq, &by_seq, Some(id)),
+                (Tree::ByOwner, &by_owner, Some(id)),
+                (Tree::ByDataset, &by_dataset, Some(id)),
+                (Tree::Datasets, &summary_key, Some(&summary)),
+            ];
+            let preconditions: [KeyValue<'_>; 3] = [
+                (Tree::Entries, id, None),
+                (Tree::Deleted, id, None),
+                (Tree::Datasets, &summary_key, old_summary.as_deref()),
+            ];
+            if self.store.apply(&preconditions, &writes)? {
                 return Ok(Inserted::Stored);
             }
             if self.is_deleted(&e.id)? {
@@ -296,16 +438,28 @@ impl Db {
         let recorded = self.store.get(Tree::Meta, META_LAST_SEQ)?;
         let recorded_seq = recorded.as_deref().map(|v| be_u64("meta", v)).transpose()?.unwrap_or(0);
         let last_seq = recorded_seq.max(stored.seq).to_be_bytes();
-        let writes: [KeyValue<'_>; 6] = [
+        let summary_key = summary_key(owner, &stored.entry.dataset);
+        let old_summary = self.store.get(Tree::Datasets, &summary_key)?;
+        let mut summary = old_summary.as_deref().map(DatasetSummary::decode).transpose()?.unwrap_or_default();
+        let model: ModelId = stored.entry.model_id.parse().map_err(|_| Error::corrupt("entries", "bad model id"))?;
+        summary.remove(&model, stored.entry.code.len() as u64);
+        // An emptied dataset leaves the home page.
+        let summary = (summary.entries > 0).then(|| summary.encode());
+        let writes: [KeyValue<'_>; 8] = [
             (Tree::Entries, key, None),
             (Tree::BySeq, &by_seq, None),
             (Tree::ByOwner, &by_owner, None),
             (Tree::ByDataset, &by_dataset, None),
             (Tree::Deleted, key, Some(&tombstone)),
             (Tree::Meta, META_LAST_SEQ, Some(&last_seq)),
+            (Tree::Datasets, &summary_key, summary.as_deref()),
+            (Tree::Thumbnails, key, None),
         ];
-        let preconditions: [KeyValue<'_>; 2] =
-            [(Tree::Entries, key, Some(&stored.record)), (Tree::Meta, META_LAST_SEQ, recorded.as_deref())];
+        let preconditions: [KeyValue<'_>; 3] = [
+            (Tree::Entries, key, Some(&stored.record)),
+            (Tree::Meta, META_LAST_SEQ, recorded.as_deref()),
+            (Tree::Datasets, &summary_key, old_summary.as_deref()),
+        ];
         let deleted = self.store.apply(&preconditions, &writes)?;
         if deleted {
             self.store.flush()?;
@@ -345,6 +499,57 @@ impl Db {
             _ => None,
         };
         Ok(Page { items, next })
+    }
+
+    /// Up to `limit` datasets in (owner, name) order after `after` (an owner
+    /// and a dataset name), with their summaries; `owner` restricts to one owner.
+    pub fn datasets(
+        &self,
+        owner: Option<&OwnerId>,
+        after: Option<(&OwnerId, &DatasetName)>,
+        limit: usize,
+    ) -> Result<Vec<DatasetRow>> {
+        let prefix = owner.map(|o| o.as_bytes().to_vec()).unwrap_or_default();
+        let after = after.map(|(o, d)| summary_key(o, d.as_str()));
+        let pairs = self.store.scan(Tree::Datasets, &prefix, after.as_deref(), limit)?;
+        pairs
+            .into_iter()
+            .map(|(key, value)| {
+                let bad = || Error::corrupt("datasets", "malformed key");
+                let (owner, dataset) = key.split_first_chunk::<16>().ok_or_else(bad)?;
+                let dataset = std::str::from_utf8(dataset).map_err(|_| bad())?.parse().map_err(|_| bad())?;
+                Ok(DatasetRow { owner: OwnerId::from_bytes(*owner), dataset, summary: DatasetSummary::decode(&value)? })
+            })
+            .collect()
+    }
+
+    pub fn dataset_summary(&self, owner: &OwnerId, dataset: &DatasetName) -> Result<Option<DatasetSummary>> {
+        self.store
+            .get(Tree::Datasets, &summary_key(owner, dataset.as_str()))?
+            .as_deref()
+            .map(DatasetSummary::decode)
+            .transpose()
+    }
+
+    /// Registered owners in id order after `after`.
+    pub fn owners(&self, after: Option<&OwnerId>, limit: usize) -> Result<Vec<rpb::Owner>> {
+        let after = after.map(|o| o.as_bytes().to_vec());
+        self.store
+            .scan(Tree::Owners, &[], after.as_deref(), limit)?
+            .into_iter()
+            .map(|(_, v)| rpb::Owner::decode(v.as_slice()).map_err(|e| Error::corrupt("owners", e.to_string())))
+            .collect()
+    }
+
+    pub fn thumbnail(&self, id: &EntryId) -> Result<Option<Vec<u8>>> {
+        self.store.get(Tree::Thumbnails, id.as_bytes())
+    }
+
+    /// Stores a thumbnail while its entry is still there (a deleted entry's
+    /// thumbnail is never written back).
+    pub fn put_thumbnail(&self, id: &EntryId, stored: &StoredEntry, thumbnail: &[u8]) -> Result<bool> {
+        let key = id.as_bytes().as_slice();
+        self.store.apply(&[(Tree::Entries, key, Some(&stored.record))], &[(Tree::Thumbnails, key, Some(thumbnail))])
     }
 
     /// Counts of what the store holds.
@@ -397,10 +602,20 @@ mod tests {
             entry_id: id.to_string(),
             owner_id: owner.to_string(),
             dataset: dataset.into(),
+            model_id: ModelId::from_bytes([7; 32]).to_string(),
+            created_unix_ms: 1_000 + i64::from(code.len() as u8),
             code: code.to_vec(),
             ..Default::default()
         };
-        Prepared { id, owner, dataset: dataset.parse().unwrap(), encoded: entry.encode_to_vec() }
+        Prepared {
+            id,
+            owner,
+            dataset: dataset.parse().unwrap(),
+            model: ModelId::from_bytes([7; 32]),
+            created_unix_ms: 1_000 + i64::from(code.len() as u8),
+            code_bytes: code.len() as u64,
+            encoded: entry.encode_to_vec(),
+        }
     }
 
     fn db() -> Db {
@@ -503,6 +718,60 @@ mod tests {
         assert!(matches!(db.entry(&id), Err(Error::Corrupt { .. })));
         store.apply(&[], &[(Tree::Entries, id.as_bytes(), Some(b"\0\0\0\0\0\0\0\x01\xff\xff"))]).unwrap();
         assert!(matches!(db.entry(&id), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn dataset_summaries_follow_inserts_and_deletes_and_are_rebuilt_for_old_stores() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let db = Db::open(store.clone()).unwrap();
+        let (a, b) = (OwnerId::from_bytes([0xaa; 16]), OwnerId::from_bytes([0xbb; 16]));
+        let first = prepared(a, "faces", b"abc");
+        db.insert_entry(1, &first).unwrap();
+        db.insert_entry(2, &prepared(a, "faces", b"defgh")).unwrap();
+        db.insert_entry(3, &prepared(b, "cats", b"x")).unwrap();
+        // The same entry again changes nothing.
+        assert!(matches!(db.insert_entry(4, &first).unwrap(), Inserted::AlreadyStored));
+        let rows = db.datasets(None, None, 10).unwrap();
+        let names: Vec<_> = rows.iter().map(|r| (r.owner, r.dataset.as_str().to_owned())).collect();
+        assert_eq!(names, vec![(a, "faces".to_owned()), (b, "cats".to_owned())]);
+        let faces = &rows[0].summary;
+        assert_eq!((faces.entries, faces.code_bytes, faces.last_created_unix_ms), (2, 8, 1_005));
+        assert_eq!(faces.models, vec![(ModelId::from_bytes([7; 32]), 2)]);
+        assert_eq!(db.datasets(Some(&b), None, 10).unwrap().len(), 1);
+        assert_eq!(db.datasets(None, Some((&a, &"faces".parse().unwrap())), 10).unwrap()[0].owner, b);
+
+        let stored = db.entry(&first.id).unwrap().unwrap();
+        db.put_thumbnail(&first.id, &stored, b"jpeg").unwrap();
+        assert!(db.delete_entry(&first.id, &stored, &a, 9).unwrap());
+        assert!(db.thumbnail(&first.id).unwrap().is_none(), "a deleted entry's thumbnail stays");
+        assert!(!db.put_thumbnail(&first.id, &stored, b"jpeg").unwrap(), "thumbnail written for a deleted entry");
+        let faces = db.datasets(Some(&a), None, 10).unwrap().remove(0).summary;
+        assert_eq!((faces.entries, faces.code_bytes), (1, 5));
+
+        // A store from before the summaries: they are rebuilt when it is opened.
+        let expected = db.datasets(None, None, 10).unwrap();
+        let keys: Vec<Vec<u8>> = store.scan(Tree::Datasets, &[], None, 100).unwrap().into_iter().map(|p| p.0).collect();
+        let mut removals: Vec<KeyValue<'_>> = keys.iter().map(|k| (Tree::Datasets, k.as_slice(), None)).collect();
+        removals.push((Tree::Meta, META_DATASETS, None));
+        store.apply(&[], &removals).unwrap();
+        assert!(Db::open(store.clone()).unwrap().datasets(None, None, 10).unwrap() == expected);
+        // An emptied dataset disappears.
+        let db = Db::open(store).unwrap();
+        let cats = db.page(&Query { owner: Some(b), dataset: None }, None, 10, usize::MAX).unwrap().items.remove(0);
+        let cats_id: EntryId = cats.entry.entry_id.parse().unwrap();
+        assert!(db.delete_entry(&cats_id, &cats, &b, 10).unwrap());
+        assert_eq!(db.datasets(None, None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_malformed_dataset_summaries() {
+        assert!(DatasetSummary::decode(b"short").is_err());
+        let mut bytes =
+            DatasetSummary { entries: 1, models: vec![(ModelId::from_bytes([1; 32]), 1)], ..Default::default() }
+                .encode();
+        assert!(DatasetSummary::decode(&bytes).is_ok());
+        bytes.pop();
+        assert!(DatasetSummary::decode(&bytes).is_err());
     }
 
     #[test]

@@ -26,10 +26,11 @@ pub mod metrics;
 mod service;
 pub mod store;
 pub mod tls_cert;
+pub mod web;
 mod writer;
 
 pub use config::{Cli, Command, Config, Limits};
-pub use db::Stats;
+pub use db::{DatasetSummary, Stats};
 pub use error::{Error, Result};
 pub use service::RegistryApi;
 pub use store::{Engine, Store};
@@ -73,6 +74,14 @@ impl Registry {
         self.api.inner.db.store().clone()
     }
 
+    /// The web view's state over this registry's store, with `workers`
+    /// thumbnail threads (see [`web`]).
+    pub fn web_state(&self, workers: usize, queue: usize, max_tiles: u32) -> Result<web::WebState> {
+        let db = self.api.inner.db.clone();
+        let thumbnails = web::Thumbnailer::start(db.clone(), workers, queue, max_tiles)?;
+        Ok(web::WebState::new(db, thumbnails))
+    }
+
     /// Counts of what the registry holds (walks the trees: blocking).
     pub fn stats(&self) -> Result<Stats> {
         self.api.inner.db.stats()
@@ -98,24 +107,62 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Serves the registry on `listener` (and the metrics endpoint the config
-/// names) until `shutdown` completes; then finishes open requests (within
-/// the grace period), flushes queued publishes and returns.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))?),
-        None => None,
-    };
-    serve_with_metrics(config, listener, metrics_listener, shutdown).await
+/// The sockets a registry serves on: gRPC, and optionally the Prometheus
+/// endpoint and the web view. Tests bind port 0 and pass them in.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+    pub http: Option<TcpListener>,
 }
 
-/// [`serve`] with the metrics endpoint on a listener of the caller's.
-pub async fn serve_with_metrics(
-    config: Config,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
+impl Listeners {
+    /// gRPC only.
+    pub fn grpc(grpc: TcpListener) -> Self {
+        Listeners { grpc, metrics: None, http: None }
+    }
+
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
+    }
+
+    pub fn with_http(mut self, listener: TcpListener) -> Self {
+        self.http = Some(listener);
+        self
+    }
+
+    /// Binds the gRPC address and whichever of `metrics_listen` and
+    /// `http_listen` the configuration names.
+    pub async fn bind(config: &Config) -> Result<Self> {
+        Self::grpc(bind(config.listen).await?).with_configured(config).await
+    }
+
+    /// Adds the metrics and web view listeners the configuration names.
+    async fn with_configured(mut self, config: &Config) -> Result<Self> {
+        if let Some(addr) = config.metrics_listen {
+            self.metrics = Some(bind(addr).await?);
+        }
+        if let Some(addr) = config.http_listen {
+            self.http = Some(bind(addr).await?);
+        }
+        Ok(self)
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))
+}
+
+/// Serves the registry on `listener` (and the metrics endpoint and web view
+/// the config names) until `shutdown` completes; then finishes open requests
+/// (within the grace period), flushes queued publishes and returns.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let listeners = Listeners::grpc(listener).with_configured(&config).await?;
+    serve_on(config, listeners, shutdown).await
+}
+
+/// [`serve`] on listeners of the caller's.
+pub async fn serve_on(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
     // Fail on an unusable certificate or key before touching the data directory.
     load_tls(&config)?;
@@ -123,7 +170,7 @@ pub async fn serve_with_metrics(
         let config = config.clone();
         tokio::task::spawn_blocking(move || Registry::open(&config)).await??
     };
-    serve_registry(registry, &config, listener, metrics_listener, shutdown).await
+    serve_registry(registry, &config, listeners, shutdown).await
 }
 
 /// Serves an open registry (its store and limits are the registry's; the
@@ -131,10 +178,10 @@ pub async fn serve_with_metrics(
 pub async fn serve_registry(
     registry: Registry,
     config: &Config,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let Listeners { grpc: listener, metrics: metrics_listener, http: http_listener } = listeners;
     let tls = match config.validate().and_then(|()| load_tls(config)) {
         Ok(tls) => tls,
         Err(e) => {
@@ -176,6 +223,14 @@ pub async fn serve_registry(
         }
         None => None,
     };
+    let web_task = match http_listener {
+        Some(l) => {
+            let state =
+                registry.web_state(config.thumbnail_workers, config.thumbnail_queue, config.thumbnail_max_tiles)?;
+            Some(tokio::spawn(web::serve_web(l, state, stopped(stop_rx.clone()))))
+        }
+        None => None,
+    };
     info!(%addr, tls = secure, engine = %config.engine, data_dir = %config.data_dir.display(), "registry serving");
 
     let failed = tokio::select! {
@@ -196,11 +251,13 @@ pub async fn serve_registry(
             }
         },
     };
-    if let Some(task) = metrics_task {
+    for (name, task) in [("metrics endpoint", metrics_task), ("web view", web_task)] {
+        let Some(task) = task else { continue };
         match tokio::time::timeout(grace, task).await {
-            Ok(Ok(Err(e))) => warn!(error = %e, "metrics endpoint failed"),
-            Ok(Err(e)) => warn!(error = %e, "metrics endpoint task failed"),
-            _ => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "{name} failed"),
+            Ok(Err(e)) => warn!(error = %e, "{name} task failed"),
+            Err(_) => warn!("{name} still open after the grace period"),
+            Ok(Ok(Ok(()))) => {}
         }
     }
     // Queued publishes are written and flushed before we return.
@@ -247,10 +304,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             config.validate()?;
-            let listener = TcpListener::bind(config.listen)
-                .await
-                .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
-            serve(config, listener, shutdown_signal()).await
+            let listeners = Listeners::bind(&config).await?;
+            serve_on(config, listeners, shutdown_signal()).await
         }
         Command::TlsCert(args) => {
             let written = tls_cert::make(&args.out, &args.names, args.days)?;

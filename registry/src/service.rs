@@ -328,7 +328,15 @@ impl Inner {
         })?;
         check_shape(&entry, &manifest)?;
         let encoded = pb::Entry::from(&entry).encode_to_vec();
-        Ok(Prepared { id: entry.id, owner: entry.owner, dataset: entry.dataset, encoded })
+        Ok(Prepared {
+            id: entry.id,
+            owner: entry.owner,
+            dataset: entry.dataset,
+            model: entry.model,
+            created_unix_ms: entry.created_unix_ms,
+            code_bytes: entry.code_bytes.len() as u64,
+            encoded,
+        })
     }
 
     fn check_entries(&self, entries: Vec<pb::Entry>) -> Checked {

@@ -722,10 +722,9 @@ async fn health_reflection_and_metrics_are_served() {
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, metrics_addr) = (listener.local_addr().unwrap(), metrics.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(ambishare_registry::serve_with_metrics(
+        let server = tokio::spawn(ambishare_registry::serve_on(
             test_config(dir.path()),
-            listener,
-            Some(metrics),
+            ambishare_registry::Listeners::grpc(listener).with_metrics(metrics),
             async {
                 let _ = stopped.await;
             },

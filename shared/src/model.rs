@@ -322,6 +322,19 @@ impl ModelRunner {
     /// Builds a runner from bytes fetched elsewhere (the registry). Every file
     /// is checked against the manifest's hash before ONNX Runtime sees it.
     pub fn from_parts(manifest_bytes: &[u8], encoder: Option<&[u8]>, decoder: &[u8], device: Device) -> Result<Self> {
+        Self::from_parts_with_threads(manifest_bytes, encoder, decoder, device, 0)
+    }
+
+    /// [`from_parts`](Self::from_parts) with ONNX Runtime limited to `threads`
+    /// intra-op threads (0: one per core), for a runner that must leave the
+    /// other cores to a server's requests.
+    pub fn from_parts_with_threads(
+        manifest_bytes: &[u8],
+        encoder: Option<&[u8]>,
+        decoder: &[u8],
+        device: Device,
+        threads: usize,
+    ) -> Result<Self> {
         let manifest = Manifest::parse(manifest_bytes)?;
         let id = Manifest::model_id(manifest_bytes);
         let encoder = match (&manifest.encoder, encoder) {
@@ -340,13 +353,13 @@ impl ModelRunner {
         manifest.decoder.check(decoder)?;
 
         let env = runtime(None)?;
-        let (decoder_session, ep) = commit(env, device, decoder, &manifest.decoder)?;
+        let (decoder_session, ep) = commit(env, device, decoder, &manifest.decoder, threads)?;
         check_io(&decoder_session, &manifest.decoder, &manifest.code_shape(), &manifest.image_shape())?;
         // Run the encoder wherever the decoder ended up, so Auto decides once.
         let encoder_session = match encoder {
             Some((spec, bytes)) => {
                 let same = if ep == CPU_EP { Device::Cpu } else { Device::Cuda };
-                let (session, _) = commit(env, same, bytes, spec)?;
+                let (session, _) = commit(env, same, bytes, spec, threads)?;
                 check_io(&session, spec, &manifest.image_shape(), &manifest.code_shape())?;
                 Some(Mutex::new(session))
             }
@@ -416,9 +429,15 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
 }
 
 /// Creates a session for `bytes` on `device`, returning the provider it got.
-fn commit(env: &Environment, device: Device, bytes: &[u8], spec: &ModelFileSpec) -> Result<(Session, &'static str)> {
+fn commit(
+    env: &Environment,
+    device: Device,
+    bytes: &[u8],
+    spec: &ModelFileSpec,
+    threads: usize,
+) -> Result<(Session, &'static str)> {
     let ort_err = |e: ort::Error<SessionBuilder>| Error::Runtime(format!("{}: {e}", spec.file));
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     let builder = Session::builder(env)
         .map_err(|e| Error::Runtime(format!("{}: {e}", spec.file)))?
         .with_intra_threads(threads)
@@ -431,7 +450,7 @@ fn commit(env: &Environment, device: Device, bytes: &[u8], spec: &ModelFileSpec)
         // CUDA can register and still fail when the session is made (no device, wrong driver).
         Err(e) if device == Device::Auto && ep != CPU_EP => {
             tracing::info!("{} cannot be loaded on {ep} ({e}); falling back to CPU", spec.file);
-            commit(env, Device::Cpu, bytes, spec)
+            commit(env, Device::Cpu, bytes, spec, threads)
         }
         Err(e) => Err(Error::Model(format!("{} cannot be loaded: {e}", spec.file))),
     }

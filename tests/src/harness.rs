@@ -56,9 +56,12 @@ impl<T> Running<T> {
     }
 }
 
-/// A registry served in-process (plaintext on loopback), its data in `dir`.
+/// A registry served in-process (plaintext on loopback), its data in `dir`,
+/// with its web view.
 pub struct TestRegistry {
     pub url: String,
+    /// The web view's address.
+    pub web_addr: std::net::SocketAddr,
     pub data_dir: PathBuf,
     running: Running<ambishare_registry::Result<()>>,
 }
@@ -67,17 +70,20 @@ impl TestRegistry {
     pub async fn start(data_dir: &Path) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
+        let web = TcpListener::bind("127.0.0.1:0").await?;
+        let web_addr = web.local_addr()?;
         let config = ambishare_registry::Config {
             data_dir: data_dir.to_path_buf(),
             danger_plaintext: true,
             ..Default::default()
         };
+        let listeners = ambishare_registry::Listeners::grpc(listener).with_http(web);
         let running = Running::spawn(|stopped| {
-            ambishare_registry::serve(config, listener, async {
+            ambishare_registry::serve_on(config, listeners, async {
                 let _ = stopped.await;
             })
         });
-        Ok(TestRegistry { url, data_dir: data_dir.to_path_buf(), running })
+        Ok(TestRegistry { url, web_addr, data_dir: data_dir.to_path_buf(), running })
     }
 
     /// Stops serving and flushes; the data directory stays.

@@ -40,10 +40,16 @@ pub enum Tree {
     Deleted,
     /// Small named values: the schema version, the last sequence number.
     Meta,
+    /// owner id (16) ++ dataset → [`DatasetSummary`](crate::db::DatasetSummary):
+    /// counts kept in the same write as each entry, for the web view's home page.
+    Datasets,
+    /// entry id (16) → the web view's thumbnail of the entry's public decode (JPEG),
+    /// in the store so replicas share them.
+    Thumbnails,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 9] = [
+    pub const ALL: [Tree; 11] = [
         Tree::Entries,
         Tree::BySeq,
         Tree::ByOwner,
@@ -53,6 +59,8 @@ impl Tree {
         Tree::Blobs,
         Tree::Deleted,
         Tree::Meta,
+        Tree::Datasets,
+        Tree::Thumbnails,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +74,8 @@ impl Tree {
             Tree::Blobs => "blobs",
             Tree::Deleted => "deleted",
             Tree::Meta => "meta",
+            Tree::Datasets => "datasets",
+            Tree::Thumbnails => "thumbnails",
         }
     }
 

@@ -41,23 +41,41 @@ pub fn test_config(dir: &Path) -> Config {
 /// A registry serving on 127.0.0.1:0 until stopped.
 pub struct Node {
     pub addr: SocketAddr,
+    /// The web view's address, when started with one.
+    pub web: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<ambishare_registry::Result<()>>>,
 }
 
 impl Node {
     pub async fn start(config: Config) -> Node {
+        Self::start_with(config, false).await
+    }
+
+    /// A node that also serves its web view.
+    pub async fn start_with_web(config: Config) -> Node {
+        Self::start_with(config, true).await
+    }
+
+    async fn start_with(config: Config, web: bool) -> Node {
         let registry = open_registry(&config).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let mut listeners = ambishare_registry::Listeners::grpc(listener);
+        let mut web_addr = None;
+        if web {
+            let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            web_addr = Some(http.local_addr().unwrap());
+            listeners = listeners.with_http(http);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            ambishare_registry::serve_registry(registry, &config, listener, None, async {
+            ambishare_registry::serve_registry(registry, &config, listeners, async {
                 let _ = stopped.await;
             })
             .await
         });
-        Node { addr, stop: Some(stop), task: Some(task) }
+        Node { addr, web: web_addr, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self) -> String {
@@ -119,6 +137,25 @@ pub struct TestModel {
 }
 
 impl TestModel {
+    /// The shipped model `models/photo64` (its real files: the web view runs its decoder).
+    pub fn photo64() -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/photo64");
+        let manifest_bytes = std::fs::read(dir.join("manifest.json")).unwrap();
+        let manifest = ambishare_shared::model::Manifest::parse(&manifest_bytes).unwrap();
+        let read = |file: &str| std::fs::read(dir.join(file)).unwrap();
+        TestModel {
+            id: ModelId::of_manifest(&manifest_bytes),
+            encoder: read(&manifest.encoder.as_ref().unwrap().file),
+            decoder: read(&manifest.decoder.file),
+            manifest_bytes,
+            tile: manifest.tile_size,
+            maps: manifest.maps,
+            dim: manifest.dim,
+            k: manifest.k,
+            k_fake: manifest.k_fake,
+        }
+    }
+
     /// Tiles of 8 pixels, 2 maps of 16 dims, k = 4, k_fake = 4 (the tiny model's shape).
     pub fn tiny() -> Self {
         Self::new("tiny", 8, 2, 16, 4, 4, 3000)
@@ -239,4 +276,20 @@ pub async fn raw_publish(
         out.push(ack);
     }
     Ok(out)
+}
+
+/// A GET over plain HTTP: status, content type and body (errors are answers too).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Option<String>, Vec<u8>, ureq::http::HeaderMap) {
+    let url = format!("http://{addr}{path}");
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut response = agent.get(&url).call().unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = response.body_mut().with_config().limit(64 << 20).read_to_vec().unwrap();
+        (status, content_type, body, headers)
+    })
+    .await
+    .unwrap()
 }
