@@ -5,12 +5,25 @@
 #   shipped model; enrolls two parties and grants one full and one preview access;
 #   pulls as each and as the public; writes one picture of the three sets beside
 #   the originals and a PSNR/SSIM table; stops every process it started.
+#   With --keep-running it leaves the registry (and its web view) and the owner
+#   running, serves alice's gallery, prints their addresses and waits for Ctrl-C.
 #
-#   bash deploy/setup.sh && bash deploy/quickstart.sh [OUT_DIR]   (default: quickstart-out)
+#   bash deploy/setup.sh && bash deploy/quickstart.sh [--keep-running] [OUT_DIR]   (default: quickstart-out)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
-out=$(realpath -m "${1:-quickstart-out}")
+keep_running=0
+positional=()
+for arg in "$@"; do
+    case "$arg" in
+        --keep-running) keep_running=1 ;;
+        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "unknown option $arg (see --help)" >&2; exit 2 ;;
+        *) positional+=("$arg") ;;
+    esac
+done
+[ "${#positional[@]}" -le 1 ] || { echo "at most one OUT_DIR (see --help)" >&2; exit 2; }
+out=$(realpath -m "${positional[0]:-quickstart-out}")
 model=${AMBISHARE_QUICKSTART_MODEL:-models/photo64}
 
 say() { printf '\n== %s\n' "$*"; }
@@ -66,17 +79,21 @@ wait_port() {
 }
 
 registry_port=$(free_port)
+web_port=$(free_port)
 owner_port=$(free_port)
+gallery_port=$(free_port)
 registry="https://localhost:$registry_port"
 owner="https://127.0.0.1:$owner_port"
 
-say "registry on $registry (TLS, with a certificate made by ambishare-registry tls-cert)"
+say "registry on $registry (TLS, with a certificate made by ambishare-registry tls-cert), web view on http://127.0.0.1:$web_port/"
 "$bin/ambishare-registry" tls-cert --out "$work/registry-tls" --name localhost >/dev/null
 registry_ca="$work/registry-tls/ca.pem"
 "$bin/ambishare-registry" serve --data-dir "$work/registry" --listen "127.0.0.1:$registry_port" \
-    --tls-cert "$work/registry-tls/tls.pem" --tls-key "$work/registry-tls/tls.key" >"$work/registry.log" 2>&1 &
+    --tls-cert "$work/registry-tls/tls.pem" --tls-key "$work/registry-tls/tls.key" \
+    --http-listen "127.0.0.1:$web_port" >"$work/registry.log" 2>&1 &
 pids+=($!)
 wait_port "$registry_port"
+wait_port "$web_port"
 
 say "owner: identity, key service on $owner (mutual TLS)"
 "$bin/ambishare-owner" --home "$work/owner" init
@@ -117,3 +134,17 @@ say "audit log of the owner"
 
 echo
 echo "done in $SECONDS s: $out/grid.png and $out/table.md"
+
+if [ "$keep_running" = 1 ]; then
+    "$bin/ambishare-client" gallery --out "$out/alice" --listen "127.0.0.1:$gallery_port" >"$work/gallery.log" 2>&1 &
+    pids+=($!)
+    wait_port "$gallery_port"
+    echo
+    echo "still running (Ctrl-C stops them all):"
+    echo "  registry web view  http://127.0.0.1:$web_port/   (what the public sees)"
+    echo "  alice's gallery    http://127.0.0.1:$gallery_port/   (her decodes beside the public view)"
+    echo "  registry gRPC      $registry   (CA: $registry_ca)"
+    echo "  owner key service  $owner   (home: $work/owner)"
+    trap 'exit 0' INT TERM
+    while :; do sleep 3600 & wait $!; done
+fi

@@ -13,7 +13,7 @@ use crate::browse::{self, BrowseOptions};
 use crate::config::{self, FileConfig};
 use crate::error::{Error, Result};
 use crate::gallery::{self, GalleryOptions};
-use crate::pull::{self, PullOptions, PullOutputs};
+use crate::pull::{self, PullOptions};
 
 /// A party's node of ambishare: pulls ambiguated codes from a public registry,
 /// fetches this party's support keys from the owner over mutual TLS, and
@@ -301,9 +301,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 device: registry.device,
                 batch: pick(args.batch, file.batch, config::DEFAULT_BATCH),
                 progress: registry.progress,
+                public_view: !args.no_public_view,
             };
-            let outputs = PullOutputs { public_view: !args.no_public_view };
-            let summary = pull::pull_with(&opts, outputs).await?;
+            let summary = pull::pull(&opts).await?;
             print!("{}", summary.report());
             println!("images in {}", opts.out.display());
             if let Some(why) = summary.shortfall() {

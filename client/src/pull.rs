@@ -39,21 +39,9 @@ pub struct PullOptions {
     /// Entries per key request.
     pub batch: usize,
     pub progress: bool,
-}
-
-/// What `pull` writes beside each `<entry-id>.png`, besides its sidecar
-/// (kept out of [`PullOptions`] so that callers building it keep compiling).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PullOutputs {
     /// Also write `<entry-id>.public.png`: the public decode of the same
     /// ambiguated code (every nonzero, real and fake), what everyone else sees.
     pub public_view: bool,
-}
-
-impl Default for PullOutputs {
-    fn default() -> Self {
-        PullOutputs { public_view: true }
-    }
 }
 
 /// What happened to every entry seen.
@@ -186,13 +174,8 @@ pub(crate) fn progress_bar(enabled: bool, what: &str) -> ProgressBar {
 }
 
 /// Pulls, verifies, unlocks and decodes every entry the owner published (in
-/// `dataset`), with the default [`PullOutputs`] (the public view included).
+/// `dataset`), writing each decode, its public view and its sidecar.
 pub async fn pull(opts: &PullOptions) -> Result<PullSummary> {
-    pull_with(opts, PullOutputs::default()).await
-}
-
-/// [`pull`], choosing what is written beside each decode.
-pub async fn pull_with(opts: &PullOptions, outputs: PullOutputs) -> Result<PullSummary> {
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(format!("creating {}", opts.out.display()), e))?;
     let mut keys = KeyClient::connect(&opts.owner_url, opts.identity.clone()).await.map_err(Error::Owner)?;
     // Over mTLS, so the owner's signing key comes from the owner, not the registry.
@@ -215,7 +198,7 @@ pub async fn pull_with(opts: &PullOptions, outputs: PullOutputs) -> Result<PullS
             bar.inc(1);
             match item {
                 Ok(entry) => match entry.verify(&me.owner_public_key) {
-                    Ok(()) if !opts.redo && sidecar::is_complete(&opts.out, entry.id, outputs.public_view) => {
+                    Ok(()) if !opts.redo && sidecar::is_complete(&opts.out, entry.id, opts.public_view) => {
                         summary.already_present += 1
                     }
                     Ok(()) => batch.push(entry),
@@ -231,7 +214,7 @@ pub async fn pull_with(opts: &PullOptions, outputs: PullOutputs) -> Result<PullS
         }
         if batch.len() >= opts.batch.max(1) || (done && !batch.is_empty()) {
             let chunk = std::mem::take(&mut batch);
-            let out = Output { dir: &opts.out, public_view: outputs.public_view };
+            let out = Output { dir: &opts.out, public_view: opts.public_view };
             unlock_and_decode(chunk, &mut keys, &registry, &mut models, out, &mut summary).await?;
             bar.set_message(format!("{} decoded", summary.decoded_total()));
         }

@@ -223,6 +223,7 @@ impl TestParty {
             device: Device::Cpu,
             batch: 64,
             progress: false,
+            public_view: true,
         };
         ambishare_client::pull::pull(&options).await.map_err(client_err)
     }

@@ -8,6 +8,7 @@
 //!   checks and generated images for the reliability tools
 //!   (`ambishare-crash`, `ambishare-load`).
 
+pub mod browser;
 pub mod consistency;
 pub mod evaluation;
 pub mod fit;

@@ -47,8 +47,15 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// First 8 hex digits of a hash (owner and model ids).
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
+}
+
+/// Last 8 hex digits of an entry id: a UUIDv7 begins with its timestamp, so
+/// entries published together share their first digits but not their last.
+fn short_entry(id: &str) -> &str {
+    id.len().checked_sub(8).and_then(|start| id.get(start..)).unwrap_or(id)
 }
 
 fn owner_name(display_name: &str, owner_id: &str) -> String {
@@ -134,7 +141,7 @@ pub fn dataset(view: &DatasetPageView, limit: usize) -> Markup {
                 li.card {
                     a href=(e.url) {
                         (thumbnail(&e.thumbnail, "public decode"))
-                        span.id.mono { (short(&e.entry_id)) }
+                        span.id.mono title=(e.entry_id) { (short_entry(&e.entry_id)) }
                     }
                     span.meta { (e.width) "×" (e.height) " · " (bytes(e.code_bytes)) }
                     time datetime=(e.created) { (e.created.get(..10).unwrap_or(&e.created)) }
@@ -152,7 +159,7 @@ pub fn dataset(view: &DatasetPageView, limit: usize) -> Markup {
 pub fn entry(view: &EntryView) -> Markup {
     let who = owner_name(&view.display_name, &view.owner_id);
     let crumbs = html! {
-        a href="/" { (who) } " / " a href=(view.dataset_url) { (view.dataset) } " / " span.mono { (short(&view.entry_id)) }
+        a href="/" { (who) } " / " a href=(view.dataset_url) { (view.dataset) } " / " span.mono { (short_entry(&view.entry_id)) }
     };
     let signature_class = if view.signature == "valid" { "ok" } else { "bad" };
     let body = html! {
@@ -178,7 +185,7 @@ pub fn entry(view: &EntryView) -> Markup {
             }
         }
     };
-    page(&format!("entry {}", short(&view.entry_id)), crumbs, body)
+    page(&format!("entry {}", short_entry(&view.entry_id)), crumbs, body)
 }
 
 pub fn model(view: &ModelView) -> Markup {
@@ -226,6 +233,16 @@ mod tests {
         assert_eq!(bytes(999), "999 B");
         assert_eq!(bytes(2_624), "2.6 KB");
         assert_eq!(bytes(17_000_000), "17.0 MB");
+    }
+
+    #[test]
+    fn entries_published_together_get_different_short_ids() {
+        let a = "01a237b6-2585-776d-b5ca-e78c841632d9";
+        let b = "01a237b6-207d-732b-81e6-bb4078b1f131";
+        assert_eq!(short_entry(a), "841632d9");
+        assert_ne!(short_entry(a), short_entry(b));
+        assert_eq!(short_entry("abc"), "abc");
+        assert_eq!(short("2a0bbd4ee4b1ea1c"), "2a0bbd4e");
     }
 
     #[test]
