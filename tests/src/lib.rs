@@ -3,13 +3,15 @@
 //! - [`quality`]: every decode of an image (authorized, preview, public, random
 //!   guess) against JPEG at the same bytes.
 //! - [`grid`]: pictures of decodes side by side.
-//! - [`report`]: the model's quality report (`models/<name>/REPORT.md`).
+//! - [`report`]: the model's quality report (`models/<name>/REPORT.md`), with
+//!   [`dct`], its block-DCT baseline.
 //! - [`nodes`], [`consistency`], [`synth`]: real node processes, store
 //!   checks and generated images for the reliability tools
 //!   (`ambishare-crash`, `ambishare-load`).
 
 pub mod browser;
 pub mod consistency;
+pub mod dct;
 pub mod evaluation;
 pub mod fit;
 pub mod grid;

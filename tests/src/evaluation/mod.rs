@@ -351,7 +351,9 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
         );
     }
     let _ = writeln!(md, "## 1. Quality against JPEG\n");
-    let mut k_values: Vec<u16> = vec![m.k / 4, m.k / 2, m.k];
+    // A format v3 key previews only the manifest's tiers.
+    let mut k_values: Vec<u16> = m.preview_k.iter().copied().chain([m.k]).collect();
+    k_values.sort_unstable();
     k_values.dedup();
     let webp = throughput::has_cwebp();
     let mut ours = Vec::new();
