@@ -5,6 +5,7 @@
 //! position and context.
 
 use ambishare_shared::{AmbiguatedCode, SupportKey};
+use perpetual::booster::config::ImportanceMethod;
 use perpetual::objective::Objective;
 use perpetual::{Matrix, PerpetualBooster};
 
@@ -13,6 +14,25 @@ use crate::{Error, Result};
 
 /// Features of every public nonzero, in order (map-major).
 pub const FEATURES: usize = 15;
+
+/// What each column of [`features`] is, in order (for the report).
+pub const FEATURE_NAMES: [&str; FEATURES] = [
+    "magnitude / map mean",
+    "magnitude rank in map",
+    "ln(magnitude / map min)",
+    "position's activation rate",
+    "logit of that rate",
+    "ln(magnitude / position's mean)",
+    "sign × position's usual sign",
+    "map",
+    "re-encoding / map mean",
+    "ln(re-encoding / map mean)",
+    "position's mean / map mean",
+    "|position's usual sign|",
+    "scheme's real share at the position",
+    "scheme's publication rate at the position",
+    "position",
+];
 
 /// What the attacker learns of a scheme from its own publications, per
 /// (map, position) of a tile.
@@ -177,6 +197,15 @@ impl Detector {
         self.booster.predict_proba(&matrix, true, false).into_iter().map(|p| p as f32).collect()
     }
 
+    /// The features by their share of the total split gain, largest first.
+    pub fn importance(&self) -> Vec<(&'static str, f32)> {
+        let gains = self.booster.calculate_feature_importance(ImportanceMethod::TotalGain, true);
+        let mut out: Vec<(&'static str, f32)> =
+            FEATURE_NAMES.iter().enumerate().map(|(i, &name)| (name, gains.get(&i).copied().unwrap_or(0.0))).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+
     /// Boosting rounds the training kept.
     pub fn trees(&self) -> usize {
         self.booster.get_prediction_trees().len()
@@ -212,6 +241,12 @@ mod tests {
         let acc = accuracy(&detector.predict(&test), &truth);
         // The best possible is 90%; always answering "fake" gets about 76%.
         assert!(acc > 0.85, "accuracy {acc:.3} with {} trees", detector.trees());
+        // The rule uses features 0 and 3 only: they carry most of the gain.
+        let importance = detector.importance();
+        let top: Vec<&str> = importance.iter().take(2).map(|(name, _)| *name).collect();
+        assert!(top.contains(&FEATURE_NAMES[0]) && top.contains(&FEATURE_NAMES[3]), "{importance:?}");
+        let total: f32 = importance.iter().map(|(_, g)| g).sum();
+        assert!((total - 1.0).abs() < 1e-3, "{importance:?}");
         assert!(Detector::train(&rows[..3], &labels[..2], &training).is_err());
     }
 

@@ -720,7 +720,7 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
             "Gradient-boosted detector (perpetual, {} trees, {:.0} s to train): trained on {} nonzeros of the \
              attacker's publications (accuracy {:.1}% there), accuracy on the held-out codes {:.1}% (chance: \
              {:.1}%). Published twice, {:.1} of a map's {} nonzeros sit at a position of both publications, {:.1} \
-             of them with matching magnitudes. {:.0} s for this scheme.\n",
+             of them with matching magnitudes. Its features by share of split gain: {}. {:.0} s for this scheme.\n",
             detector.trees(),
             train_s,
             rows.len(),
@@ -730,6 +730,13 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
             common as f64 / twice_maps.max(1) as f64,
             m.k + m.k_fake,
             agreeing as f64 / twice_maps.max(1) as f64,
+            detector
+                .importance()
+                .iter()
+                .take(5)
+                .map(|(name, share)| format!("{name} {:.0}%", share * 100.0))
+                .collect::<Vec<_>>()
+                .join(", "),
             t0.elapsed().as_secs_f64()
         );
         let _ = writeln!(
