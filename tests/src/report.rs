@@ -85,6 +85,12 @@ fn by_group(groups: &[Group], unit: &str, f: impl Fn(&Group) -> f64) -> String {
     groups.iter().map(|g| format!("{} {:.2}{unit}", g.label, f(g))).collect::<Vec<_>>().join(", ")
 }
 
+/// A markdown table's header row and its rule, one column per item.
+fn table_head(md: &mut String, columns: impl IntoIterator<Item = String>) {
+    let columns: Vec<String> = columns.into_iter().collect();
+    let _ = writeln!(md, "| {} |\n|{}", columns.join(" | "), "---|".repeat(columns.len()));
+}
+
 fn yes_no(met: bool) -> &'static str {
     if met { "yes" } else { "no" }
 }
@@ -333,13 +339,12 @@ pub fn model_report(model_dir: &Path, images_dir: &Path, out: &Path, command: &s
     );
 
     let _ = writeln!(md, "\n## Mean over the test images\n");
-    let mut header = String::from("| decode |");
-    let mut rule = String::from("|---|");
-    for g in &groups {
-        let _ = write!(header, " {}: PSNR (dB) / SSIM |", g.label);
-        rule.push_str("---|");
-    }
-    let _ = writeln!(md, "{header} bits per pixel |\n{rule}---|");
+    table_head(
+        &mut md,
+        std::iter::once("decode".to_owned())
+            .chain(groups.iter().map(|g| format!("{}: PSNR (dB) / SSIM", g.label)))
+            .chain(["bits per pixel".to_owned()]),
+    );
     let true_bpp = images.iter().map(|r| r.true_code_bytes as f64 * 8.0).sum::<f64>() / pixels;
     let public_bpp = images.iter().map(|r| r.public_code_bytes as f64 * 8.0).sum::<f64>() / pixels;
     let jpeg_bpp = images.iter().map(|r| r.jpeg_bytes as f64 * 8.0).sum::<f64>() / pixels;
@@ -373,13 +378,13 @@ pub fn model_report(model_dir: &Path, images_dir: &Path, out: &Path, command: &s
     );
 
     let _ = writeln!(md, "\n## Preview tiers\n");
-    let mut header = String::from("| tier | nonzeros a map |");
-    let mut rule = String::from("|---|---|");
-    for g in &groups {
-        let _ = write!(header, " {}: PSNR (dB) |", g.label);
-        rule.push_str("---|");
-    }
-    let _ = writeln!(md, "{header} below the tier above (all) |\n{rule}---|");
+    table_head(
+        &mut md,
+        ["tier".to_owned(), "nonzeros a map".to_owned()]
+            .into_iter()
+            .chain(groups.iter().map(|g| format!("{}: PSNR (dB)", g.label)))
+            .chain(["below the tier above (all)".to_owned()]),
+    );
     for (i, &t) in tiers.iter().enumerate() {
         let mut row = format!("| {} | {} |", tier_name(t), tier_k(t));
         for g in &groups {
@@ -489,13 +494,14 @@ pub fn model_report(model_dir: &Path, images_dir: &Path, out: &Path, command: &s
     );
 
     let _ = writeln!(md, "## Per image\n");
-    let mut header = String::from("| image | size | tiles |");
-    let mut rule = String::from("|---|---|---|");
-    for d in &images[0].decodes {
-        let _ = write!(header, " {} PSNR / SSIM |", d.name);
-        rule.push_str("---|");
-    }
-    let _ = writeln!(md, "{header} JPEG quality |\n{rule}---|");
+    table_head(
+        &mut md,
+        ["image", "size", "tiles"]
+            .map(str::to_owned)
+            .into_iter()
+            .chain(images[0].decodes.iter().map(|d| format!("{} PSNR / SSIM", d.name)))
+            .chain(["JPEG quality".to_owned()]),
+    );
     for r in &images {
         let mut row = format!("| {} | {}x{} | {} |", r.name, r.width, r.height, r.tiles);
         for d in &r.decodes {
