@@ -31,6 +31,13 @@
 //! P(real | published) is about 1/2 wherever r <= 1/2), values drawn from the
 //! per-position distribution of the real q8 levels (the manifest's quantile
 //! tables) restricted to the bytes their cell lets pass, signs at random.
+//! When the manifest has scale tables (`rank-by-scale/1`, written by
+//! `ambishare-eval fit-fakes`), both follow the map's own scale, the low end
+//! of its q8 range, since a detector otherwise tells fakes by how they sit
+//! against it: the rates come from the map's scale bucket, and a fake's level
+//! is a rank fraction drawn from the position's table for that bucket, read
+//! off the map's own real levels. Positions whose cell passes too little of
+//! that law are used only when nothing else is left.
 //! Real values' signs are flipped by their cell's bit. q8 ranges are those of
 //! the real values, so a fake at any level in 0..=127 is in range.
 
@@ -54,6 +61,8 @@ pub const QUANTILE_POINTS: usize = 17;
 /// Pass bytes per cell: a real collides with about 16/256 of bytes.
 const PASS_BYTES: usize = 16;
 const LEVELS: usize = Q8_MAX_LEVEL as usize + 1;
+/// Least probability, under a fake's law of levels, of the bytes its cell lets pass.
+const MIN_PASSING_MASS: f64 = 0.02;
 
 struct Len32;
 impl hkdf::KeyType for Len32 {
@@ -400,6 +409,118 @@ pub struct FakeTables {
     level_pmf: Vec<f32>,
     /// Whether the tables came from the manifest (else a generic default).
     fitted: bool,
+    /// Tables conditioned on the map's scale, when the manifest has them.
+    scale: Option<ScaleTables>,
+}
+
+/// Buckets of a map's scale in the scale tables.
+pub const SCALE_BUCKETS: usize = 6;
+
+/// Why: a real's value depends on its map's scale (a flat tile has small
+/// values everywhere) and on the other reals of its map, so fakes drawn from
+/// one distribution per position stand out (the detector's strongest features
+/// were a value against its position's usual magnitude and against the map's
+/// smallest). These tables condition on the map's scale (ln of the low end of
+/// its q8 range, which the public code shows) and give each position the
+/// distribution of its real's *rank* among the map's reals; a fake takes the
+/// level of the map's own reals at a rank drawn there, so within a map fakes
+/// and reals share one law of levels. Pooled over the maps of a tile (one
+/// network computes them all).
+#[derive(Clone, Debug)]
+struct ScaleTables {
+    /// Ascending inner edges of ln(lo): SCALE_BUCKETS - 1 of them.
+    edges: Vec<f32>,
+    /// buckets × dim weights r/(1-r) of fake positions.
+    weights: Vec<f64>,
+    /// buckets × dim × 17 quantiles of the rank fraction (0 = largest real, 1 = smallest).
+    rank_quantiles: Vec<f32>,
+}
+
+impl ScaleTables {
+    fn bucket(&self, lo: f32) -> usize {
+        let x = lo.max(f32::MIN_POSITIVE).ln();
+        self.edges.iter().filter(|&&e| x > e).count()
+    }
+
+    /// `value_distribution.scale_tables`: `{"kind": "rank-by-scale/1", "edges": [..],
+    /// "rates": [[dim] × buckets], "rank_quantiles": [hex × buckets]}`, each hex
+    /// string dim × 17 bytes of fraction × 255.
+    fn parse(v: &serde_json::Value, dim: u16) -> Result<Self> {
+        let bad = |why: &str| Error::Model(format!("value_distribution.scale_tables: {why}"));
+        if v.get("kind").and_then(|k| k.as_str()) != Some("rank-by-scale/1") {
+            return Err(bad("kind must be rank-by-scale/1"));
+        }
+        let edges: Vec<f32> = v
+            .get("edges")
+            .and_then(|e| e.as_array())
+            .ok_or_else(|| bad("edges must be a list"))?
+            .iter()
+            .map(|x| x.as_f64().map(|x| x as f32).filter(|x| x.is_finite()).ok_or_else(|| bad("edges are numbers")))
+            .collect::<Result<_>>()?;
+        if edges.len() + 1 != SCALE_BUCKETS || edges.windows(2).any(|w| w[0] > w[1]) {
+            return Err(bad("edges must be 5 ascending numbers"));
+        }
+        let rows = v.get("rates").and_then(|r| r.as_array()).ok_or_else(|| bad("rates must be a list"))?;
+        let hexes = v.get("rank_quantiles").and_then(|r| r.as_array()).ok_or_else(|| bad("rank_quantiles"))?;
+        if rows.len() != SCALE_BUCKETS || hexes.len() != SCALE_BUCKETS {
+            return Err(bad("one row of rates and of rank quantiles a bucket"));
+        }
+        let mut weights = Vec::with_capacity(SCALE_BUCKETS * dim as usize);
+        for row in rows {
+            let row = row.as_array().filter(|r| r.len() == dim as usize).ok_or_else(|| bad("dim rates a bucket"))?;
+            for x in row {
+                let x = x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad("rates are numbers"))?;
+                let x = x.clamp(1e-4, 0.999);
+                weights.push((x / (1.0 - x)).min(1e3));
+            }
+        }
+        let mut rank_quantiles = Vec::with_capacity(SCALE_BUCKETS * dim as usize * QUANTILE_POINTS);
+        for h in hexes {
+            let bytes = hex::decode(h.as_str().ok_or_else(|| bad("rank_quantiles hold strings"))?)
+                .map_err(|_| bad("rank_quantiles hold hex"))?;
+            if bytes.len() != dim as usize * QUANTILE_POINTS {
+                return Err(bad("each bucket holds dim × 17 bytes"));
+            }
+            for q in bytes.chunks_exact(QUANTILE_POINTS) {
+                if q.windows(2).any(|w| w[0] > w[1]) {
+                    return Err(bad("rank quantiles must ascend"));
+                }
+            }
+            rank_quantiles.extend(bytes.iter().map(|&b| b as f32 / 255.0));
+        }
+        Ok(ScaleTables { edges, weights, rank_quantiles })
+    }
+}
+
+/// Probability of each level for a fake whose rank among the map's reals
+/// follows the quantiles `q` (fractions, 0 = largest): each 1/16 segment of
+/// ranks maps, through the reals' levels (`sorted`, descending), onto a span
+/// of levels, spread evenly over it and one level beyond on each side.
+fn pmf_of_ranks(q: &[f32], sorted: &[u8]) -> [f32; LEVELS] {
+    let mut pmf = [0f32; LEVELS];
+    let Some(last) = sorted.len().checked_sub(1) else { return pmf };
+    let level_at = |f: f32| {
+        let x = f.clamp(0.0, 1.0) * last as f32;
+        let i = (x.floor() as usize).min(last);
+        let (a, b) = (sorted[i] as f32, sorted[(i + 1).min(last)] as f32);
+        a + (b - a) * (x - i as f32)
+    };
+    const STEPS: usize = 4;
+    let mass = 1.0 / ((QUANTILE_POINTS - 1) * STEPS) as f32;
+    for w in q.windows(2) {
+        for j in 0..STEPS {
+            let f0 = w[0] + (w[1] - w[0]) * j as f32 / STEPS as f32;
+            let f1 = w[0] + (w[1] - w[0]) * (j + 1) as f32 / STEPS as f32;
+            let (hi, lo) = (level_at(f0), level_at(f1));
+            let a = (lo.round() as i32 - 1).max(0) as usize;
+            let b = ((hi.round() as i32 + 1).min(Q8_MAX_LEVEL as i32)) as usize;
+            let span = (b - a + 1) as f32;
+            for p in &mut pmf[a..=b] {
+                *p += mass / span;
+            }
+        }
+    }
+    pmf
 }
 
 impl FakeTables {
@@ -438,7 +559,7 @@ impl FakeTables {
             }
             level_pmf.extend(pmf_of_quantiles(q));
         }
-        Ok(FakeTables { maps, dim, weights, level_pmf, fitted })
+        Ok(FakeTables { maps, dim, weights, level_pmf, fitted, scale: None })
     }
 
     /// The manifest's tables, or generic ones (uniform positions) when it has none.
@@ -456,7 +577,22 @@ impl FakeTables {
             None => None,
             Some(v) => Some(parse_level_quantiles(v, manifest.maps, manifest.dim)?),
         };
-        FakeTables::new(manifest.maps, manifest.dim, rates.as_deref(), quantiles.as_deref())
+        let mut tables = FakeTables::new(manifest.maps, manifest.dim, rates.as_deref(), quantiles.as_deref())?;
+        if let Some(v) = vd.get("scale_tables") {
+            tables = tables.with_scale_tables(v)?;
+        }
+        Ok(tables)
+    }
+
+    /// Adds the scale tables of a manifest's `value_distribution.scale_tables`.
+    pub fn with_scale_tables(mut self, v: &serde_json::Value) -> Result<Self> {
+        self.scale = Some(ScaleTables::parse(v, self.dim)?);
+        Ok(self)
+    }
+
+    /// Whether fakes are drawn conditioned on their map's scale (the manifest's `scale_tables`).
+    pub fn is_scale_conditioned(&self) -> bool {
+        self.scale.is_some()
     }
 
     /// Whether the tables were fitted to the model (not the generic default).
@@ -519,6 +655,12 @@ pub struct FittedTables {
     pub rates: Vec<f32>,
     /// maps × dim × 17 levels (0..=127).
     pub quantiles: Vec<f32>,
+    /// The scale tables (see [`FakeTables`]): inner edges of ln(lo), SCALE_BUCKETS - 1.
+    pub scale_edges: Vec<f32>,
+    /// SCALE_BUCKETS × dim activation rates, pooled over the maps of a tile.
+    pub scale_rates: Vec<f32>,
+    /// SCALE_BUCKETS × dim × 17 quantiles of the rank fraction (0 = largest).
+    pub scale_rank_quantiles: Vec<f32>,
 }
 
 /// Counts levels of true codes' reals per position, then reads off quantiles.
@@ -529,14 +671,28 @@ pub struct TableFitter {
     tiles: u64,
     /// maps × dim × 128 counts.
     histogram: Vec<u64>,
+    /// Per map seen: ln of its q8 range's low end, and where its reals start in `ranked`.
+    scales: Vec<(f32, u32)>,
+    /// Every real seen, in its map's walk order: (position, rank bin of RANK_BINS).
+    ranked: Vec<(u16, u8)>,
 }
+
+/// Bins of the rank fraction while fitting.
+const RANK_BINS: usize = 64;
 
 /// Cells seen fewer times than this take their map's pooled levels.
 const MIN_SAMPLES: u64 = 64;
 
 impl TableFitter {
     pub fn new(maps: u16, dim: u16) -> Self {
-        TableFitter { maps, dim, tiles: 0, histogram: vec![0; maps as usize * dim as usize * LEVELS] }
+        TableFitter {
+            maps,
+            dim,
+            tiles: 0,
+            histogram: vec![0; maps as usize * dim as usize * LEVELS],
+            scales: Vec::new(),
+            ranked: Vec::new(),
+        }
     }
 
     /// Adds a true code (k nonzeros a map) of this model's shape.
@@ -546,14 +702,26 @@ impl TableFitter {
             return Err(Error::invalid("code", "shape differs from the tables'"));
         }
         let mut levels = Vec::with_capacity(code.nnz() as usize);
+        let mut walk: Vec<(u8, u16)> = Vec::with_capacity(code.nnz() as usize);
         for map in 0..shape.map_count() {
             let (pos, val) = code.map(map);
             levels.clear();
-            q8_map(val, &mut levels)?;
+            let range = q8_map(val, &mut levels)?;
             let base = (map % self.maps as usize) * self.dim as usize;
             for (&p, &b) in pos.iter().zip(&levels) {
                 self.histogram[(base + p as usize) * LEVELS + (b & 0x7f) as usize] += 1;
             }
+            // The owner's walk order: level descending, position ascending.
+            walk.clear();
+            walk.extend(pos.iter().zip(&levels).map(|(&p, &b)| (b & 0x7f, p)));
+            walk.sort_unstable_by_key(|&(l, p)| (std::cmp::Reverse(l), p));
+            self.scales.push((range[0].to_f32().max(f32::MIN_POSITIVE).ln(), self.ranked.len() as u32));
+            let last = walk.len().saturating_sub(1).max(1);
+            self.ranked.extend(
+                walk.iter()
+                    .enumerate()
+                    .map(|(r, &(_, p))| (p, ((r * RANK_BINS) / (last + 1)).min(RANK_BINS - 1) as u8)),
+            );
         }
         self.tiles += shape.tiles as u64;
         Ok(())
@@ -582,8 +750,88 @@ impl TableFitter {
                 quantiles.extend(quantiles_of_histogram(source));
             }
         }
-        FittedTables { maps: self.maps, dim: self.dim, tiles: self.tiles, rates, quantiles }
+        let (scale_edges, scale_rates, scale_rank_quantiles) = self.finish_scale();
+        FittedTables {
+            maps: self.maps,
+            dim: self.dim,
+            tiles: self.tiles,
+            rates,
+            quantiles,
+            scale_edges,
+            scale_rates,
+            scale_rank_quantiles,
+        }
     }
+
+    /// The scale tables: buckets at the quantiles of ln(lo) over the maps seen,
+    /// per bucket and position the activation rate and the rank quantiles
+    /// (the bucket's pooled ranks where a position was seen too rarely).
+    fn finish_scale(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        if self.scales.is_empty() {
+            return (Vec::new(), Vec::new(), Vec::new());
+        }
+        let dim = self.dim as usize;
+        let mut sorted: Vec<f32> = self.scales.iter().map(|s| s.0).collect();
+        sorted.sort_unstable_by(f32::total_cmp);
+        let edges: Vec<f32> =
+            (1..SCALE_BUCKETS).map(|i| sorted[(sorted.len() * i / SCALE_BUCKETS).min(sorted.len() - 1)]).collect();
+        let bucket = |x: f32| edges.iter().filter(|&&e| x > e).count();
+        let mut maps_in = [0u64; SCALE_BUCKETS];
+        let mut hist = vec![0u64; SCALE_BUCKETS * dim * RANK_BINS];
+        for (i, &(x, start)) in self.scales.iter().enumerate() {
+            let b = bucket(x);
+            maps_in[b] += 1;
+            let end = self.scales.get(i + 1).map_or(self.ranked.len(), |s| s.1 as usize);
+            for &(p, r) in &self.ranked[start as usize..end] {
+                hist[(b * dim + p as usize) * RANK_BINS + r as usize] += 1;
+            }
+        }
+        let mut rates = Vec::with_capacity(SCALE_BUCKETS * dim);
+        let mut quantiles = Vec::with_capacity(SCALE_BUCKETS * dim * QUANTILE_POINTS);
+        for b in 0..SCALE_BUCKETS {
+            let mut pooled = [0u64; RANK_BINS];
+            for p in 0..dim {
+                for (j, c) in hist[(b * dim + p) * RANK_BINS..][..RANK_BINS].iter().enumerate() {
+                    pooled[j] += c;
+                }
+            }
+            for p in 0..dim {
+                let cell = &hist[(b * dim + p) * RANK_BINS..][..RANK_BINS];
+                let count: u64 = cell.iter().sum();
+                rates.push(count as f32 / maps_in[b].max(1) as f32);
+                quantiles.extend(fraction_quantiles(if count >= MIN_SAMPLES { cell } else { &pooled }));
+            }
+        }
+        (edges, rates, quantiles)
+    }
+}
+
+/// The 17 quantiles (0, 1/16, .., 1) of a histogram of rank fractions in
+/// [`RANK_BINS`] equal bins of [0, 1], linear within a bin; uniform when empty.
+fn fraction_quantiles(h: &[u64]) -> Vec<f32> {
+    let total: u64 = h.iter().sum();
+    let bins = h.len() as f64;
+    if total == 0 {
+        return (0..QUANTILE_POINTS).map(|i| i as f32 / (QUANTILE_POINTS - 1) as f32).collect();
+    }
+    let first = h.iter().position(|&c| c > 0).unwrap_or(0) as f64 / bins;
+    let last = (h.iter().rposition(|&c| c > 0).unwrap_or(h.len() - 1) + 1) as f64 / bins;
+    let mut out = vec![first as f32];
+    let (mut cumulative, mut bin) = (0u64, 0usize);
+    for i in 1..QUANTILE_POINTS - 1 {
+        let target = total as f64 * i as f64 / (QUANTILE_POINTS - 1) as f64;
+        while bin < h.len() && (cumulative + h[bin]) as f64 <= target {
+            cumulative += h[bin];
+            bin += 1;
+        }
+        let within = if bin < h.len() && h[bin] > 0 { (target - cumulative as f64) / h[bin] as f64 } else { 0.0 };
+        out.push((((bin as f64 + within) / bins).clamp(first, last)) as f32);
+    }
+    out.push(last as f32);
+    for i in 1..out.len() {
+        out[i] = out[i].max(out[i - 1]);
+    }
+    out
 }
 
 /// The 17 quantile points (0, 1/16, .., 1) of a histogram of levels; a
@@ -631,6 +879,36 @@ impl FittedTables {
         vd.insert("position_rate".into(), serde_json::Value::Array(rows));
         vd.insert("level_quantiles".into(), level_quantiles_json(&self.quantiles, self.maps, self.dim));
         vd.insert("level_tiles".into(), serde_json::json!(self.tiles));
+        if self.scale_edges.len() + 1 == SCALE_BUCKETS {
+            let dim = self.dim as usize;
+            let rates: Vec<serde_json::Value> = self
+                .scale_rates
+                .chunks(dim)
+                .map(|row| row.iter().map(|&r| serde_json::json!((r as f64 * 1e4).round() / 1e4)).collect())
+                .collect();
+            let ranks: Vec<serde_json::Value> = self
+                .scale_rank_quantiles
+                .chunks(dim * QUANTILE_POINTS)
+                .map(|row| {
+                    serde_json::Value::String(hex::encode(
+                        row.iter().map(|&q| (q * 255.0).round().clamp(0.0, 255.0) as u8).collect::<Vec<u8>>(),
+                    ))
+                })
+                .collect();
+            let edges: Vec<f64> = self.scale_edges.iter().map(|&e| (e as f64 * 1e4).round() / 1e4).collect();
+            vd.insert(
+                "scale_tables".into(),
+                serde_json::json!({
+                    "kind": "rank-by-scale/1",
+                    "note": "per bucket of ln(low end of the map's q8 range) and position, pooled over the maps of \
+                             a tile: activation rate, and 17 quantiles of the real's rank among its map's reals \
+                             (byte / 255; 0 = largest); fakes take the map's own real level at a rank drawn there",
+                    "edges": edges,
+                    "rates": rates,
+                    "rank_quantiles": ranks,
+                }),
+            );
+        }
         let (min, max) = self.rates.iter().fold((f32::INFINITY, 0f32), |(a, b), &r| (a.min(r), b.max(r)));
         vd.insert("position_rate_min".into(), serde_json::json!(min));
         vd.insert("position_rate_max".into(), serde_json::json!(max));
@@ -748,7 +1026,7 @@ pub fn ambiguate_derived(
         for r in &reals {
             is_real[r.position as usize] = true;
         }
-        let fakes = draw_fakes(&mut rng, map, m, kn, &is_real, &reals, bands, &prfs, tables)?;
+        let fakes = draw_fakes(&mut rng, map, range[0].to_f32(), m, kn, &is_real, &reals, bands, &prfs, tables)?;
 
         let mut all: Vec<(u16, u8, Option<bool>)> = Vec::with_capacity(nnz);
         for (r, cell) in reals.iter().zip(&real_cells) {
@@ -917,6 +1195,7 @@ fn settle_at_random(reals: &mut [Real], map: usize, bands: &Bands, prfs: &[BandP
 fn draw_fakes(
     rng: &mut ChaCha20Rng,
     map: usize,
+    lo: f32,
     m: usize,
     kn: usize,
     is_real: &[bool],
@@ -930,7 +1209,11 @@ fn draw_fakes(
         return Err(Error::invalid("ambiguation", "fewer zero positions than fakes"));
     }
     zeros.shuffle(rng);
-    let weight = |p: u16| tables.weights[tables.cell(map, p)];
+    let scale = tables.scale.as_ref().map(|s| (s, s.bucket(lo)));
+    let weight = |p: u16| match scale {
+        Some((s, b)) => s.weights[b * m + p as usize],
+        None => tables.weights[tables.cell(map, p)],
+    };
     let inclusion = inclusion_probabilities(&zeros.iter().map(|&p| weight(p)).collect::<Vec<_>>(), kn);
     // Systematic sampling in the shuffled order: exactly kn, each with its probability.
     let start: f64 = rng.random();
@@ -966,12 +1249,32 @@ fn draw_fakes(
     let mut fakes = Vec::with_capacity(kn);
     let mut candidates: Vec<(u8, f64)> = Vec::with_capacity(256);
     let mut queue: std::collections::VecDeque<usize> = chosen.into();
+    let (mut deferred, mut last_resort) = (Vec::new(), false);
     while fakes.len() < kn {
         let Some(i) = queue.pop_front().or_else(|| spare.next()) else {
-            return Err(Error::invalid("ambiguation", "no position can hold a fake"));
+            match deferred.pop() {
+                Some(i) => {
+                    last_resort = true;
+                    queue.push_back(i);
+                    continue;
+                }
+                None => return Err(Error::invalid("ambiguation", "no position can hold a fake")),
+            }
         };
         let p = zeros[i];
-        let pmf = &tables.level_pmf[tables.cell(map, p) * LEVELS..][..LEVELS];
+        let by_rank;
+        let pmf: &[f32] = match scale {
+            Some((s, b)) => {
+                // reals are in walk order: levels descending.
+                let sorted: Vec<u8> = reals.iter().map(|r| r.level).collect();
+                by_rank = pmf_of_ranks(
+                    &s.rank_quantiles[(b * m + p as usize) * QUANTILE_POINTS..][..QUANTILE_POINTS],
+                    &sorted,
+                );
+                &by_rank
+            }
+            None => &tables.level_pmf[tables.cell(map, p) * LEVELS..][..LEVELS],
+        };
         let cells: Vec<Cell> = prfs.iter().map(|prf| prf.cell(map, p)).collect();
         candidates.clear();
         for (level, &mass) in pmf.iter().enumerate() {
@@ -987,6 +1290,13 @@ fn draw_fakes(
         let total: f64 = candidates.iter().map(|c| c.1).sum();
         if candidates.is_empty() || total <= 0.0 {
             continue; // no byte can pass here: another position takes the fake
+        }
+        // Where the map's law puts (almost) no mass on the bytes that pass, a
+        // fake would take a level no real there would: defer the position,
+        // used only when no other is left.
+        if scale.is_some() && total < MIN_PASSING_MASS && !last_resort {
+            deferred.push(i);
+            continue;
         }
         let mut u = rng.random::<f64>() * total;
         let byte = candidates
@@ -1210,6 +1520,109 @@ mod tests {
         // Every map has one real at level 0 and one at 127: the extremes are reached.
         assert!(q.chunks(QUANTILE_POINTS).all(|c| c[16] >= c[0]));
         assert!(q.chunks(QUANTILE_POINTS).any(|c| c[0] == 0.0) && q.chunks(QUANTILE_POINTS).any(|c| c[16] == 127.0));
+    }
+
+    /// Maps whose scale decides where their reals are and whose position
+    /// decides a real's rank: small maps hold reals at positions 0..32, large
+    /// ones at 32..64, and the value grows with the position, as the reals
+    /// of flat and of busy tiles differ.
+    fn scale_dependent_code(seed: u64, shape: CodeShape, k: u16) -> SparseCode {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let (mut positions, mut values) = (Vec::new(), Vec::new());
+        for _ in 0..shape.map_count() {
+            let large = rng.random::<bool>();
+            let scale = if large { 10.0 } else { 0.1 } * (1.0 + rng.random::<f32>());
+            let base = if large { 32u16 } else { 0 };
+            let mut pos: Vec<u16> = (base..base + 32).collect();
+            pos.shuffle(&mut rng);
+            let mut pos = pos[..k as usize].to_vec();
+            pos.sort_unstable();
+            for &p in &pos {
+                values.push(scale * (1.0 + (p % 32) as f32) / 32.0 * (1.0 + 0.01 * rng.random::<f32>()));
+            }
+            positions.extend(pos);
+        }
+        SparseCode::from_parts(shape, k, positions, values).unwrap()
+    }
+
+    /// For the fakes of a public code: the share at a position of their map's
+    /// half, and the mean distance of their level from the level a real there
+    /// would have had.
+    fn fakes_against_the_law(code: &SparseCode, d: &Derived) -> (f64, f64) {
+        let Some(QuantizedValues::Q8 { levels, ranges }) = Some(d.public.quantized().clone()) else { unreachable!() };
+        let n = d.public.nnz() as usize;
+        let (mut in_half, mut distance, mut fakes) = (0usize, 0f64, 0usize);
+        for map in 0..code.shape().map_count() {
+            let (pos, val) = code.map(map);
+            let large = pos[0] >= 32;
+            let scale = val[0] / ((1.0 + (pos[0] % 32) as f32) / 32.0);
+            let (lo, hi) = (ranges[map][0].to_f32(), ranges[map][1].to_f32());
+            let reals = d.support.map(map);
+            for i in 0..n {
+                if reals.binary_search(&(i as u16)).is_ok() {
+                    continue;
+                }
+                let p = d.public.positions()[map * n + i];
+                fakes += 1;
+                in_half += usize::from((p >= 32) == large);
+                let would = ((scale * (1.0 + (p % 32) as f32) / 32.0 - lo) / (hi - lo) * 127.0).clamp(0.0, 127.0);
+                distance += (would as f64 - (levels[map * n + i] & 0x7f) as f64).abs();
+            }
+        }
+        (in_half as f64 / fakes as f64, distance / fakes as f64)
+    }
+
+    #[test]
+    fn scale_tables_round_trip_and_fakes_follow_their_maps_scale() {
+        let (maps, dim, k) = (2u16, 64u16, 16u16);
+        let mut fitter = TableFitter::new(maps, dim);
+        for seed in 0..6 {
+            fitter.add(&scale_dependent_code(100 + seed, CodeShape::new(100, maps, dim).unwrap(), k)).unwrap();
+        }
+        let fitted = fitter.finish();
+        assert_eq!(fitted.scale_edges.len(), SCALE_BUCKETS - 1);
+        for row in fitted.scale_rates.chunks(dim as usize) {
+            assert!((row.iter().sum::<f32>() - k as f32).abs() < 1e-3, "each bucket's rates sum to k");
+        }
+        let mut manifest = serde_json::json!({"value_distribution": {}});
+        fitted.write_into(&mut manifest).unwrap();
+        let scale = &manifest["value_distribution"]["scale_tables"];
+        let plain = FakeTables::new(maps, dim, Some(&fitted.rates), Some(&fitted.quantiles)).unwrap();
+        let tables = plain.clone().with_scale_tables(scale).unwrap();
+        assert!(tables.is_scale_conditioned() && !plain.is_scale_conditioned());
+        // A malformed table is refused, not used.
+        let mut broken = scale.clone();
+        broken["edges"] = serde_json::json!([1.0, 0.0, 2.0, 3.0, 4.0]);
+        assert!(plain.clone().with_scale_tables(&broken).is_err());
+
+        let shape = CodeShape::new(40, maps, dim).unwrap();
+        let code = scale_dependent_code(7, shape, k);
+        let ctx = context(16, vec![4, 8, 16]);
+        let conditioned = ambiguate_derived(&code, &master(3), &ctx, &tables).unwrap();
+        let back = conditioned.key.disambiguate(&conditioned.public).unwrap();
+        assert_eq!(back.positions(), code.positions());
+        let (half, distance) = fakes_against_the_law(&code, &conditioned);
+        // The same fakes from tables that ignore the scale: half of them in
+        // the wrong half, where no real ever is.
+        let (plain_half, plain_distance) =
+            fakes_against_the_law(&code, &ambiguate_derived(&code, &master(3), &ctx, &plain).unwrap());
+        assert!(half > 0.8 && plain_half < 0.6, "{half} vs {plain_half}");
+        // Levels near what a real at the position would have had (a level
+        // drawn without regard to the position lands about 40 away).
+        assert!(distance < 24.0 && plain_distance < 24.0, "{distance} vs {plain_distance}");
+    }
+
+    #[test]
+    fn pmf_of_ranks_follows_the_maps_levels() {
+        let sorted: Vec<u8> = (0..16u8).rev().map(|i| i * 8).collect(); // 120, 112, .., 0
+        let uniform: Vec<f32> = (0..QUANTILE_POINTS).map(|i| i as f32 / 16.0).collect();
+        let pmf = pmf_of_ranks(&uniform, &sorted);
+        assert!((pmf.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        assert!(pmf[121..].iter().sum::<f32>() < 0.02, "nothing far above the largest real");
+        // Ranks only among the smallest quarter: levels only near the bottom.
+        let low: Vec<f32> = (0..QUANTILE_POINTS).map(|i| 0.75 + 0.25 * i as f32 / 16.0).collect();
+        let pmf = pmf_of_ranks(&low, &sorted);
+        assert!(pmf[..33].iter().sum::<f32>() > 0.99, "{:?}", &pmf[..40]);
     }
 
     #[test]

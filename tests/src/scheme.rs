@@ -35,4 +35,9 @@ impl DerivedScheme {
     pub fn tables_fitted(&self) -> bool {
         self.tables.is_fitted()
     }
+
+    /// Whether its fakes are drawn conditioned on each map's scale (the manifest's `scale_tables`).
+    pub fn scale_conditioned(&self) -> bool {
+        self.tables.is_scale_conditioned()
+    }
 }

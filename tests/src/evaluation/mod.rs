@@ -125,9 +125,14 @@ pub fn schemes(runner: &ModelRunner, v2: &FakeModel, master: [u8; 32]) -> Result
             v2.clone(),
         ),
         Scheme {
-            name: "shipped scheme, format v3 (fakes and flips derived from the owner's secret and the image, \
-                   per-position fake tables)"
-                .into(),
+            name: format!(
+                "shipped scheme, format v3 (fakes and flips derived from the owner's secret and the image, {})",
+                if derived.scale_conditioned() {
+                    "fakes' positions and levels conditioned on each map's scale"
+                } else {
+                    "per-position fake tables"
+                }
+            ),
             signs_scrambled: true,
             publish: Box::new(move |code, _rng| {
                 let d = derived.publish(code)?;
@@ -192,6 +197,7 @@ enum Attack {
     PublicDecode,
     Median,
     RandomGuess,
+    RandomGuessUsualSigns,
     TopMagnitude,
     ReencodeLast,
     ReencodeBest,
@@ -205,11 +211,12 @@ enum Attack {
 
 impl Attack {
     /// In table order (`attack as usize` indexes it).
-    const ALL: [Attack; 13] = [
+    const ALL: [Attack; 14] = [
         Attack::Authorized,
         Attack::PublicDecode,
         Attack::Median,
         Attack::RandomGuess,
+        Attack::RandomGuessUsualSigns,
         Attack::TopMagnitude,
         Attack::ReencodeLast,
         Attack::ReencodeBest,
@@ -227,6 +234,7 @@ impl Attack {
             Attack::PublicDecode => "public decode (every nonzero)",
             Attack::Median => "median 5x5 of the public decode",
             Attack::RandomGuess => "random guess (k of k')",
+            Attack::RandomGuessUsualSigns => "random guess, signs from the prior",
             Attack::TopMagnitude => "k largest magnitudes",
             Attack::ReencodeLast => "re-encode consistency, final iteration",
             Attack::ReencodeBest => "re-encode consistency, best iteration (oracle pick)",
@@ -247,6 +255,10 @@ impl Attack {
             Attack::Median => "filters the decode of every public nonzero with a 5x5 median",
             Attack::RandomGuess => {
                 "keeps k of each map's nonzeros at random, the floor every attack is measured against"
+            }
+            Attack::RandomGuessUsualSigns => {
+                "keeps the random guess's picks and gives each the position's usual sign: what the model's sign \
+                 prior alone adds to a pick no better than chance"
             }
             Attack::TopMagnitude => "keeps each map's k largest published magnitudes",
             Attack::ReencodeLast => {
@@ -649,6 +661,8 @@ pub fn run(opts: &EvalOptions) -> Result<String> {
             push(Attack::Median, Outcome { scores: score(&median(&public_img, 2))?, support: None, signs: None });
             let guess = random_guess(&public, m.k, &mut rng)?;
             push(Attack::RandomGuess, with(&guess, &dec(&guess)?)?);
+            let guess = with_prior_signs(&guess, &stats, signs_scrambled)?;
+            push(Attack::RandomGuessUsualSigns, with(&guess, &dec(&guess)?)?);
             let topk = attacks::top_k_magnitude(&public, m.k, attacker_signs, &stats)?;
             push(Attack::TopMagnitude, with(&topk, &dec(&topk)?)?);
             let iterations =
@@ -883,7 +897,7 @@ fn reencode_dense(runner: &ModelRunner, public: &AmbiguatedCode, w: u32, h: u32)
     Ok(runner.encode_tiles(&tiles, grid.count())?)
 }
 
-/// The true support with signs from the prior when they are scrambled (published signs otherwise are the truth).
+/// A code's picks with signs from the prior when they are scrambled (published signs otherwise are the truth).
 fn with_prior_signs(truth: &SparseCode, stats: &CodeStats, scrambled: bool) -> Result<SparseCode> {
     if !scrambled {
         return Ok(truth.clone());
