@@ -67,6 +67,10 @@ def add_args(ap, defaults=True):
     ap.add_argument("--rate-band", type=float, default=d(1.5), help="rates within this factor of k/m are free")
     ap.add_argument("--rms-weight", type=float, default=d(0.1), help="keeps each position's RMS above --rms-floor of its map's largest")
     ap.add_argument("--rms-floor", type=float, default=d(0.05))
+    ap.add_argument("--sign-weight", type=float, default=d(0.0),
+                    help="weight of the term that evens out each (map, position)'s signs (0: off)")
+    ap.add_argument("--sign-band", type=float, default=d(0.1),
+                    help="|E[x | active]| / E[|x| | active] per (map, position) below this is free")
     ap.add_argument("--split-rate", type=float, default=d(0.25), help="data init: split coefficients needed more often")
     ap.add_argument("--border", type=int, default=d(2), help="border ring width (px) weighted in the loss")
     ap.add_argument("--border-weight", type=float, default=d(2.0))
@@ -80,6 +84,8 @@ def add_args(ap, defaults=True):
     ap.add_argument("--seed", type=int, default=d(1))
     ap.add_argument("--max-steps", type=int, default=d(0), help="stop after this many steps in this run (smoke tests)")
     ap.add_argument("--max-hours", type=float, default=d(0.0), help="stop after this long in this run (0: no limit)")
+    ap.add_argument("--init-from", type=Path, default=d(None),
+                    help="start a new run (--name) from this checkpoint's weights and arguments")
     ap.add_argument("--fresh", action="store_true", default=d(False), help="ignore existing checkpoints")
 
 
@@ -162,6 +168,39 @@ def source_groups(root: Path, size, scales, weighting):
     return groups
 
 
+def sign_figures(dense, k):
+    """What the sign prior gives an attacker who knows the support: per (map, position), the
+    mean value among the tiles where it is active over the mean magnitude (sign_bias_max: the
+    largest), and the share of active values whose sign is the position's usual one
+    (sign_prior_acc; 0.5 when signs are even, in-sample so slightly above it by chance)."""
+    _, idx = torch.topk(dense.abs(), k, dim=-1)
+    mask = torch.zeros_like(dense).scatter_(-1, idx, 1.0)
+    v = dense * mask
+    bias = v.sum(0) / v.abs().sum(0).clamp_min(1e-12)  # (L, m)
+    usual = torch.sign(torch.sign(v).sum(0))
+    agree = ((torch.sign(v) == usual) & (mask > 0)).sum()
+    return {"sign_bias_max": float(bias.abs().max()), "sign_prior_acc": float(agree / mask.sum())}
+
+
+def sign_balance_surrogate(dense, k, ema, decay, band):
+    """Linear surrogate of a penalty on |E[x | active]| / E[|x| | active] per (map, position):
+    the batch's soft estimate b is pushed against the sign of a running (EMA) estimate, in
+    proportion to how far that estimate is outside the band (one batch holds too few active
+    values per position to penalise |b| itself). The gradient reaches the active values only
+    (soft activity and the denominator are held fixed), so it shifts them rather than
+    switching positions off. Updates ema in place."""
+    mags = dense.abs()
+    top = torch.topk(mags, k + 1, dim=-1).values.detach()
+    thr = 0.5 * (top[..., k - 1 : k] + top[..., k : k + 1])
+    soft = torch.sigmoid((mags - thr) / (0.15 * thr + 1e-6))
+    soft = soft.detach()  # move the values, not which positions are active
+    b = (soft * dense).sum(0) / (soft * mags).sum(0).detach().clamp_min(1e-8)  # (L, m)
+    with torch.no_grad():
+        ema.mul_(decay).add_((1 - decay) * b.detach())
+        excess = F.relu(ema.abs() - band) * torch.sign(ema)
+    return (excess * b).sum() / ema.numel() * 100.0
+
+
 def border_mask(size, border, device):
     m = torch.zeros(size, size, dtype=torch.bool, device=device)
     m[:border, :] = m[-border:, :] = m[:, :border] = m[:, -border:] = True
@@ -202,6 +241,7 @@ def evaluate(model, tiles, k, batch, border=2, q8=True):
         if kk == k:
             out["psnr_border"], out["psnr_interior"] = psnr_of(np.mean(se_b)), psnr_of(np.mean(se_i))
     dense = torch.cat(dense_all)
+    out.update(sign_figures(dense, k))
     r = rates(dense, k) / (k / dense.shape[-1])
     out["rate_min"], out["rate_max"] = float(r.min()), float(r.max())
     sv = torch.linalg.svdvals(dense.transpose(0, 1))  # (L, m)
@@ -223,20 +263,29 @@ def main():
     out = args.out or Path("/work/main/.data/runs") / args.name
     last_path = out / "last.pt"
     ck = None
+    init_from = None
     if not args.fresh:
         for p in (last_path, best_path):
             if p.exists():
+                if args.init_from is not None:  # resuming would silently ignore --init-from
+                    raise SystemExit(f"--init-from: run {args.name} already has {p}; choose a new --name")
                 ck = torch.load(p, map_location="cpu", weights_only=False)
                 print(f"resuming from {p} (epoch {ck['epoch']})")
                 break
+        if ck is None and args.init_from is not None:
+            ck = torch.load(args.init_from, map_location="cpu", weights_only=False)
+            init_from = args.init_from
+            print(f"new run {args.name} from the weights of {init_from} (epoch {ck['epoch']})")
     if ck is not None:  # saved arguments, overridden by the ones given now (not the architecture)
         saved = dict(ck["args"])
         for key, v in given.items():
             if key in ARCH_KEYS and saved.get(key) != v:
                 raise SystemExit(f"--{key} {v}: the checkpoint was trained with {saved.get(key)}")
             saved[key] = v
+        if init_from is not None:
+            saved.update(name=args.name, init_from=str(init_from), out=None)
         for key, v in saved.items():
-            if key in ("data", "val", "out", "ckpt_dir") and v is not None:
+            if key in ("data", "val", "out", "ckpt_dir", "init_from") and v is not None:
                 v = Path(v)
             setattr(args, key, v)
         args.fresh = False
@@ -268,9 +317,12 @@ def main():
     opt_state = None
     if ck is not None:
         model.load_state_dict(ck["model"])
-        start_epoch, best, elapsed = ck["epoch"], ck["best"], ck.get("elapsed", 0.0)
-        history = ck.get("history", [])
-        opt_state = ck.get("opt")
+        if init_from is None:
+            start_epoch, best, elapsed = ck["epoch"], ck["best"], ck.get("elapsed", 0.0)
+            history = ck.get("history", [])
+            opt_state = ck.get("opt")
+        else:
+            print("start:", json.dumps(evaluate(model, val_tiles, args.k, 256, args.border, not args.no_q8)))
     else:
         init = TileSampler(groups, args.size, seed=args.seed + 99, jitter=False).batch(4096).to(device)
         model.init_from_data(init, args.k, band=args.rate_band, split_rate=args.split_rate)
@@ -288,10 +340,12 @@ def main():
                         st[key] = st[key].float()
         except Exception as exc:
             print(f"optimizer state not restored ({exc}); starting Adam afresh")
-    if ck is not None and "lr_scale" in ck:
+    if ck is not None and "lr_scale" in ck and init_from is None:
         for g, base in zip(opt.param_groups, (args.lr, args.gain_lr)):
             g["lr"] = base * ck["lr_scale"]
-    bad_epochs = ck.get("bad_epochs", 0) if ck else 0
+    bad_epochs = ck.get("bad_epochs", 0) if ck and init_from is None else 0
+    sign_ema = ck.get("sign_ema") if ck and init_from is None else None
+    sign_ema = torch.zeros(model.maps, args.dim, device=device) if sign_ema is None else sign_ema.to(device)
     print(f"parameters: {sum(p.numel() for p in model.parameters())}, maps {model.maps}, device {device}")
 
     sampler = TileSampler(groups, args.size, seed=args.seed * 1000 + start_epoch, grey_frac=args.grey_frac)
@@ -320,6 +374,8 @@ def main():
             rel = torch.log(rms / rms.amax(dim=-1, keepdim=True).detach())
             rms_loss = (F.relu(math.log(args.rms_floor) - rel) ** 2).mean()
             loss = 1000.0 * mse + args.rate_weight * rate_loss + args.rms_weight * rms_loss
+            if args.sign_weight:
+                loss = loss + args.sign_weight * sign_balance_surrogate(dense, args.k, sign_ema, 0.95, args.sign_band)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(rest, 5.0)
@@ -338,6 +394,8 @@ def main():
         elapsed += time.time() - t0
         val = evaluate(model, val_tiles, args.k, 256, args.border, not args.no_q8)
         score = val[f"psnr_k{args.k}"] - (0 if 0.5 <= val["rate_min"] and val["rate_max"] <= 2.0 else 3.0)
+        if args.sign_weight:  # 0.3 dB per point of sign-prior accuracy above 53%
+            score -= 30.0 * max(0.0, val["sign_prior_acc"] - 0.53)
         improved = score > best
         if improved:
             best, bad_epochs = score, 0
@@ -355,7 +413,7 @@ def main():
         state = {"format": "ambishare-train-v2", "args": {kk: (str(v) if isinstance(v, Path) else v) for kk, v in vars(args).items()},
                  "config": cfg, "model": model.state_dict(), "epoch": epoch + 1, "best": best, "elapsed": elapsed,
                  "history": history, "lr_scale": opt.param_groups[0]["lr"] / args.lr, "bad_epochs": bad_epochs,
-                 "argv": sys.argv, "torch": torch.__version__}
+                 "argv": sys.argv, "torch": torch.__version__, "sign_ema": sign_ema.cpu()}
         torch.save({**state, "opt": opt.state_dict()}, out / "last.pt.tmp")
         (out / "last.pt.tmp").replace(last_path)
         if improved:
@@ -373,7 +431,7 @@ def main():
                     "epochs": [{key: (round(v, 4) if isinstance(v, float) else v) for key, v in r.items()
                                 if key in ("epoch", "psnr_k%d" % args.k, "psnr_k%d" % (args.k // 2), "psnr_k%d" % (args.k // 4),
                                            "psnr_border", "psnr_interior", "rate_min", "rate_max", "sv_ratio_min",
-                                           "grey_leak_255", "psnr_tile_mean_k%d" % args.k, "train_psnr", "s_per_batch", "elapsed_hours", "lr", "best")}
+                                           "grey_leak_255", "psnr_tile_mean_k%d" % args.k, "sign_bias_max", "sign_prior_acc", "train_psnr", "s_per_batch", "elapsed_hours", "lr", "best")}
                                for r in history]}
         (ckpt_dir / f"{args.name}-progress.json").write_text(json.dumps(progress, indent=1) + "\n")
         if stop:
