@@ -1,5 +1,6 @@
 //! The one error type of ambishare-owner, and its single mapping to gRPC status.
 
+use ambishare_rpc::Denial;
 use thiserror::Error;
 use tonic::Status;
 
@@ -17,6 +18,10 @@ pub enum Error {
     /// The caller's certificate does not allow this call.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The caller's certificate is refused for a reason its client acts on
+    /// (revoked, expired): the status names the denial, not only the message.
+    #[error("permission denied: {reason}")]
+    Denied { denial: Denial, reason: &'static str },
     #[error("not found: {0}")]
     NotFound(String),
     /// The request is valid but the state does not allow it (a party without a certificate, a busy store).
@@ -82,6 +87,7 @@ impl Error {
             Error::Invalid { .. }
             | Error::Unauthenticated(_)
             | Error::PermissionDenied(_)
+            | Error::Denied { .. }
             | Error::NotFound(_)
             | Error::FailedPrecondition(_)
             | Error::AlreadyExists(_) => true,
@@ -109,6 +115,7 @@ impl From<Error> for Status {
             Error::Shared(ref inner) if inner.is_caller_fault() => Status::invalid_argument(e.to_string()),
             Error::Unauthenticated(msg) => Status::unauthenticated(msg),
             Error::PermissionDenied(msg) => Status::permission_denied(msg),
+            Error::Denied { denial, reason } => denial.status(reason),
             Error::NotFound(msg) => Status::not_found(msg),
             Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
             Error::AlreadyExists(msg) => Status::already_exists(msg),
@@ -177,6 +184,11 @@ mod tests {
         assert_eq!(Status::from(Error::invalid("entry ids", "too many")).code(), tonic::Code::InvalidArgument);
         assert_eq!(Status::from(Error::PermissionDenied("x".into())).code(), tonic::Code::PermissionDenied);
         assert_eq!(Status::from(Error::NotFound("x".into())).code(), tonic::Code::NotFound);
+        let revoked = Status::from(Error::Denied { denial: Denial::Revoked, reason: "certificate revoked" });
+        assert_eq!(
+            (revoked.code(), Denial::of_status(&revoked)),
+            (tonic::Code::PermissionDenied, Some(Denial::Revoked))
+        );
     }
 
     #[test]

@@ -230,5 +230,5 @@ impl TestParty {
 }
 
 fn client_err(e: ambishare_client::Error) -> Error {
-    Error::Other(format!("client: {e}"))
+    Error::Client(e)
 }
