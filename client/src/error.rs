@@ -36,6 +36,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// Why the owner refused this party outright (a revoked or expired
+    /// certificate), when it said.
+    pub fn owner_denial(&self) -> Option<ambishare_rpc::Denial> {
+        match self {
+            Error::Owner(e) => e.denial(),
+            _ => None,
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { context: context.into(), source }
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ambishare_shared::{CodeVersion, DatasetName, Device, PartyName, Tier, ValueCodec};
+use ambishare_shared::{CodeVersion, DatasetName, Device, DisplayName, PartyName, Tier, ValueCodec};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -134,9 +134,10 @@ pub struct PublishArgs {
     /// Images encoded together [toml: batch] [default: 16]
     #[arg(long, env = "AMBISHARE_OWNER_BATCH", value_name = "N")]
     pub batch: Option<usize>,
-    /// Name to register under at the registry [toml: display_name] [default: "ambishare owner <id>"]
+    /// Name to register under at the registry: 1 to 128 characters, no control characters
+    /// [toml: display_name] [default: "ambishare owner <id>"]
     #[arg(long, env = "AMBISHARE_OWNER_NAME")]
-    pub name: Option<String>,
+    pub name: Option<DisplayName>,
     /// Largest image accepted, in pixels [toml: max_pixels] [default: 67108864]
     #[arg(long, env = "AMBISHARE_OWNER_MAX_PIXELS", value_name = "N")]
     pub max_pixels: Option<u64>,
@@ -659,6 +660,22 @@ fn print_audit(events: &[AuditEvent]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_refuses_a_display_name_the_registry_would_refuse() {
+        let publish = |name: &str| {
+            Cli::try_parse_from(["ambishare-owner", "publish", "--dataset", "d", "--name", name, "/photos"])
+        };
+        let parsed = publish("Ada Lovelace").unwrap();
+        let Command::Publish(args) = parsed.command else { panic!("not publish") };
+        assert_eq!(args.name.as_ref().map(DisplayName::as_str), Some("Ada Lovelace"));
+        let too_long = "x".repeat(DisplayName::MAX_CHARS + 1);
+        for bad in ["", "two\nlines", "esc\u{1b}[2J", &too_long] {
+            let err = publish(bad).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
+            assert!(err.to_string().contains("invalid display name"), "{err}");
+        }
+    }
 
     #[test]
     fn times_beyond_year_9999_are_shown_without_panicking() {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ambishare_shared::DisplayName;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -32,8 +33,9 @@ pub struct FileConfig {
     pub registry: Option<String>,
     /// PEM of the CA that signed the registry's certificate (for an `https://` registry).
     pub registry_ca: Option<PathBuf>,
-    /// Name under which the owner registers at the registry.
-    pub display_name: Option<String>,
+    /// Name under which the owner registers at the registry (checked on load
+    /// with the registry's rules: 1 to 128 characters, no control characters).
+    pub display_name: Option<DisplayName>,
     /// Directory of the model (`manifest.json` and its ONNX files).
     pub model: Option<PathBuf>,
     /// Where the encoder runs: `auto`, `cpu` or `cuda`.
@@ -95,5 +97,22 @@ mod tests {
         std::fs::write(home.config_file(), "registy = \"x\"\n").unwrap();
         assert!(matches!(FileConfig::load(None, &home), Err(Error::Config(_))));
         assert!(FileConfig::load(Some(&dir.path().join("missing.toml")), &home).is_err());
+    }
+
+    #[test]
+    fn refuses_a_display_name_the_registry_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        std::fs::write(home.config_file(), "display_name = \"Ada Lovelace\"\n").unwrap();
+        let c = FileConfig::load(None, &home).unwrap();
+        assert_eq!(c.display_name.as_ref().map(DisplayName::as_str), Some("Ada Lovelace"));
+        let too_long = "x".repeat(DisplayName::MAX_CHARS + 1);
+        for bad in ["", "two\\nlines", "bell\\u0007", too_long.as_str()] {
+            std::fs::write(home.config_file(), format!("display_name = \"{bad}\"\n")).unwrap();
+            match FileConfig::load(None, &home) {
+                Err(Error::Config(msg)) => assert!(msg.contains("invalid display name"), "{bad:?}: {msg}"),
+                other => panic!("{bad:?} accepted: {other:?}"),
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The one error type of ambishare-owner, and its single mapping to gRPC status.
 
+use ambishare_rpc::Denial;
 use thiserror::Error;
 use tonic::Status;
 
@@ -17,6 +18,10 @@ pub enum Error {
     /// The caller's certificate does not allow this call.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The caller's certificate is refused for a reason its client acts on
+    /// (revoked, expired): the status names the denial, not only the message.
+    #[error("permission denied: {reason}")]
+    Denied { denial: Denial, reason: &'static str },
     #[error("not found: {0}")]
     NotFound(String),
     /// The request is valid but the state does not allow it (a party without a certificate, a busy store).
@@ -82,6 +87,7 @@ impl Error {
             Error::Invalid { .. }
             | Error::Unauthenticated(_)
             | Error::PermissionDenied(_)
+            | Error::Denied { .. }
             | Error::NotFound(_)
             | Error::FailedPrecondition(_)
             | Error::AlreadyExists(_) => true,
@@ -109,13 +115,52 @@ impl From<Error> for Status {
             Error::Shared(ref inner) if inner.is_caller_fault() => Status::invalid_argument(e.to_string()),
             Error::Unauthenticated(msg) => Status::unauthenticated(msg),
             Error::PermissionDenied(msg) => Status::permission_denied(msg),
+            Error::Denied { denial, reason } => denial.status(reason),
             Error::NotFound(msg) => Status::not_found(msg),
             Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
             Error::AlreadyExists(msg) => Status::already_exists(msg),
-            // Only an admin's publish job talks to the (public) registry: it learns why that failed.
-            Error::Registry(_) => Status::unavailable(e.to_string()),
+            Error::Registry(ref remote) => registry_status(remote),
             _ => Status::internal("internal error"),
         }
+    }
+}
+
+/// What the caller of a publish job (the only call that reaches the registry)
+/// learns of a failed registry call. The registry's refusals keep their code
+/// and message: the registry words them for its callers, and answers its own
+/// faults with "internal error" only. What failed on this side of the wire
+/// (the connection, an answer that does not check out) keeps its detail in
+/// the log, written by the caller of this function.
+fn registry_status(e: &ambishare_rpc::Error) -> Status {
+    use ambishare_rpc::Error as Rpc;
+    use tonic::Code;
+    match e {
+        Rpc::Rpc(status) => {
+            let code = match status.code() {
+                code @ (Code::InvalidArgument
+                | Code::OutOfRange
+                | Code::NotFound
+                | Code::AlreadyExists
+                | Code::PermissionDenied
+                | Code::ResourceExhausted
+                | Code::FailedPrecondition
+                | Code::DeadlineExceeded
+                | Code::Unavailable) => code,
+                // The registry refused this node's key or signature: the node's
+                // standing there, not the credentials of the owner's caller.
+                Code::Unauthenticated => Code::FailedPrecondition,
+                // Worth retrying, as a registry that is down.
+                Code::Cancelled | Code::Aborted => Code::Unavailable,
+                // Internal, Unknown, DataLoss, Unimplemented: a message from the
+                // transport may carry detail; the log has it.
+                code => return Status::internal(format!("the registry failed ({code:?})")),
+            };
+            Status::new(code, format!("registry: {}", status.message()))
+        }
+        Rpc::Transport(_) => Status::unavailable("registry unreachable (the owner node's log says why)"),
+        // The job's registry URL or TLS options: the caller's to fix.
+        Rpc::Config(reason) => Status::invalid_argument(format!("registry: {reason}")),
+        Rpc::Certificate(_) | Rpc::BadResponse(_) => Status::internal("internal error"),
     }
 }
 
@@ -139,12 +184,59 @@ mod tests {
         assert_eq!(Status::from(Error::invalid("entry ids", "too many")).code(), tonic::Code::InvalidArgument);
         assert_eq!(Status::from(Error::PermissionDenied("x".into())).code(), tonic::Code::PermissionDenied);
         assert_eq!(Status::from(Error::NotFound("x".into())).code(), tonic::Code::NotFound);
+        let revoked = Status::from(Error::Denied { denial: Denial::Revoked, reason: "certificate revoked" });
+        assert_eq!(
+            (revoked.code(), Denial::of_status(&revoked)),
+            (tonic::Code::PermissionDenied, Some(Denial::Revoked))
+        );
     }
 
     #[test]
-    fn registry_failures_are_unavailable_with_their_reason() {
-        let status = Status::from(Error::Registry(ambishare_rpc::Error::Config("connection refused".into())));
+    fn registry_refusals_keep_their_code_and_message() {
+        use tonic::Code;
+        for (remote, code) in [
+            (Status::invalid_argument("entry 3: bad magic"), Code::InvalidArgument),
+            (Status::not_found("model abc is not at the registry"), Code::NotFound),
+            (Status::already_exists("id taken by other content"), Code::AlreadyExists),
+            (Status::permission_denied("entry of another owner"), Code::PermissionDenied),
+            (Status::resource_exhausted("600 entries in one message"), Code::ResourceExhausted),
+            (Status::failed_precondition("owner not registered"), Code::FailedPrecondition),
+            // The registry refused this node's signature: not the caller's credentials.
+            (Status::unauthenticated("registration is not signed"), Code::FailedPrecondition),
+            (Status::unavailable("the registry is shutting down"), Code::Unavailable),
+            (Status::cancelled("stream cancelled"), Code::Unavailable),
+        ] {
+            let said = remote.message().to_owned();
+            let status = Status::from(Error::Registry(ambishare_rpc::Error::from(remote)));
+            assert_eq!(status.code(), code, "{said}");
+            assert_eq!(status.message(), format!("registry: {said}"));
+        }
+    }
+
+    #[test]
+    fn registry_faults_keep_their_detail_in_the_log() {
+        let remote = Status::unknown("h2 protocol error: stream 7 reset at 10.0.0.5");
+        let status = Status::from(Error::Registry(ambishare_rpc::Error::from(remote)));
+        assert_eq!((status.code(), status.message()), (tonic::Code::Internal, "the registry failed (Unknown)"));
+        let bad = ambishare_rpc::Error::BadResponse("owner id 0123 is not the key's".into());
+        let status = Status::from(Error::Registry(bad));
+        assert_eq!((status.code(), status.message()), (tonic::Code::Internal, "internal error"));
+    }
+
+    #[test]
+    fn a_bad_registry_url_is_the_callers_to_fix() {
+        let config = ambishare_rpc::Error::Config("registry url \"ftp://r\" must start with http://".into());
+        let status = Status::from(Error::Registry(config));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("ftp://r"), "{}", status.message());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_unavailable_without_detail() {
+        // Port 9 on loopback (discard): nothing listens there in a test.
+        let refused = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect().await.unwrap_err();
+        let status = Status::from(Error::Registry(ambishare_rpc::Error::Transport(refused)));
         assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert!(status.message().contains("connection refused"));
+        assert!(!status.message().contains("127.0.0.1"), "{}", status.message());
     }
 }

@@ -31,8 +31,8 @@ use ambishare_shared::ids::sha256;
 use ambishare_shared::model::MANIFEST_FILE;
 use ambishare_shared::tiling::{image_to_tiles, load_image};
 use ambishare_shared::{
-    Bands, CodeShape, CodeVersion, DatasetName, DerivationContext, Device, Entry, EntryId, FakeModel, FakeTables,
-    Manifest, MasterSecret, ModelRunner, SparseCode, ValueCodec, ambiguate, ambiguate_derived,
+    Bands, CodeShape, CodeVersion, DatasetName, DerivationContext, Device, DisplayName, Entry, EntryId, FakeModel,
+    FakeTables, Manifest, MasterSecret, ModelRunner, SparseCode, ValueCodec, ambiguate, ambiguate_derived,
 };
 use prost::Message;
 
@@ -51,8 +51,6 @@ pub const MAX_BATCH: usize = 4096;
 pub const MAX_INPUTS: usize = 100_000;
 /// Largest registry CA accepted, in bytes.
 pub const MAX_REGISTRY_CA_BYTES: u64 = 1 << 20;
-/// Longest display name, in characters (the registry's limit).
-const MAX_DISPLAY_NAME_CHARS: usize = 128;
 /// Longest path or URL accepted from the wire, in bytes.
 const MAX_PATH_BYTES: usize = 4096;
 /// Tiles encoded together at most (bounds memory whatever the batch size).
@@ -70,7 +68,7 @@ pub struct PublishJob {
     /// PEM of the registry's CA (for `https://`).
     pub registry_ca_pem: Option<Vec<u8>>,
     /// Name to register under (default: "ambishare owner <id>").
-    pub display_name: Option<String>,
+    pub display_name: Option<DisplayName>,
     /// Model directory (manifest.json and its ONNX files).
     pub model_dir: PathBuf,
     pub device: Device,
@@ -122,9 +120,6 @@ impl PublishJob {
         }
         if self.max_pixels == 0 {
             return Err(Error::invalid("max pixels", "must be at least 1"));
-        }
-        if self.display_name.as_ref().is_some_and(|n| n.chars().count() > MAX_DISPLAY_NAME_CHARS) {
-            return Err(Error::invalid("display name", format!("at most {MAX_DISPLAY_NAME_CHARS} characters")));
         }
         if self.registry_ca_pem.as_ref().is_some_and(|p| p.len() as u64 > MAX_REGISTRY_CA_BYTES) {
             return Err(Error::invalid("registry CA", format!("at most {MAX_REGISTRY_CA_BYTES} bytes")));
@@ -447,7 +442,10 @@ impl Publisher {
         let tls = job.registry_ca_pem.as_ref().map(|pem| ClientTlsOptions { ca_pem: pem.clone(), domain: None });
         let registry = RegistryClient::connect(&job.registry_url, tls).await?;
         let owner = self.signing.public_key().owner_id().to_string();
-        let name = job.display_name.clone().unwrap_or_else(|| format!("ambishare owner {}", &owner[..8]));
+        let name = match &job.display_name {
+            Some(name) => name.clone(),
+            None => DisplayName::try_from(format!("ambishare owner {}", &owner[..8]))?,
+        };
         registry.register_owner(&self.signing, &name).await?;
         let id = *model.runner.id();
         if registry.has_model(id).await? {
@@ -978,7 +976,7 @@ impl TryFrom<pb::PublishJobRequest> for PublishJob {
             inputs: p.inputs.into_iter().map(|s| wire_path("input", s)).collect::<Result<_>>()?,
             registry_url: p.registry_url,
             registry_ca_pem: (!p.registry_ca_pem.is_empty()).then_some(p.registry_ca_pem),
-            display_name: (!p.display_name.is_empty()).then_some(p.display_name),
+            display_name: if p.display_name.is_empty() { None } else { Some(p.display_name.try_into()?) },
             model_dir: wire_path("model directory", p.model_dir)?,
             device,
             codec,
@@ -1019,7 +1017,7 @@ impl TryFrom<&PublishJob> for pb::PublishJobRequest {
             } as i32,
             format: job.format.number() as u32,
             batch: count("batch", job.batch)?,
-            display_name: job.display_name.clone().unwrap_or_default(),
+            display_name: job.display_name.clone().map(String::from).unwrap_or_default(),
             max_pixels: job.max_pixels,
             stop_after_prepared: count("stop after prepared", job.stop_after_prepared.unwrap_or(0))?,
         })
@@ -1149,6 +1147,7 @@ mod tests {
             pb::PublishJobRequest { codec: -1, ..request() },
             pb::PublishJobRequest { dataset: "Not A Name".into(), ..request() },
             pb::PublishJobRequest { display_name: "x".repeat(129), ..request() },
+            pb::PublishJobRequest { display_name: "two\nlines".into(), ..request() },
             pb::PublishJobRequest { registry_url: String::new(), ..request() },
             pb::PublishJobRequest { registry_ca_pem: vec![b'-'; (MAX_REGISTRY_CA_BYTES + 1) as usize], ..request() },
         ] {

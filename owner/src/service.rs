@@ -232,7 +232,7 @@ impl State {
         };
         if cert.revoked_unix_ms.is_some() {
             return Err((
-                Error::PermissionDenied("certificate revoked".into()),
+                Error::Denied { denial: Denial::Revoked, reason: "certificate revoked" },
                 cert.party.to_string(),
                 Denial::Revoked,
             ));
@@ -241,7 +241,7 @@ impl State {
         // a connection can outlive the certificate.
         if cert.not_after_unix_ms <= now_unix_ms() {
             return Err((
-                Error::PermissionDenied("certificate expired".into()),
+                Error::Denied { denial: Denial::Expired, reason: "certificate expired" },
                 cert.party.to_string(),
                 Denial::Expired,
             ));

@@ -98,7 +98,7 @@ fn main() {
         let node = Node::start(Config { cache_mib: 256, engine, ..test_config(dir.path()) }).await;
         let client = node.client().await;
         let key = owner_key();
-        client.register_owner(&key, "bench").await.unwrap();
+        client.register_owner(&key, &"bench".parse().unwrap()).await.unwrap();
         let model = TestModel::sixty_four();
         model.publish(&client, &key).await;
 

@@ -96,7 +96,7 @@ fn main() {
             let web = node.web.unwrap();
             let key = owner_key();
             let client = node.client().await;
-            client.register_owner(&key, "bench").await.unwrap();
+            client.register_owner(&key, &"bench".parse().unwrap()).await.unwrap();
             let model = TestModel::photo64();
             model.publish(&client, &key).await;
             for (side, n) in [(64u32, 100usize), (256, 40)] {

@@ -14,7 +14,7 @@ use ambishare_proto::types::v1 as pb;
 use ambishare_shared::crypto::PublicKey;
 use ambishare_shared::entry::{ModelFileRef, deletion_bytes, model_bytes, registration_bytes};
 use ambishare_shared::model::MAX_MANIFEST_BYTES;
-use ambishare_shared::{Entry, EntryId, Manifest, ModelId, OwnerId, TileGrid};
+use ambishare_shared::{DisplayName, Entry, EntryId, Manifest, ModelId, OwnerId, TileGrid};
 use futures::{Stream, StreamExt, stream};
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -487,9 +487,9 @@ impl RegistryService for RegistryApi {
             let key = PublicKey::from_bytes(&r.public_key)?;
             let owner_id = key.owner_id();
             Span::current().record("owner", tracing::field::display(owner_id));
-            if r.display_name.chars().count() > 128 || r.display_name.chars().any(char::is_control) {
-                return Err(Error::Invalid("display_name: at most 128 characters, no control characters".into()));
-            }
+            // Empty on the wire: no name (the pages then show the owner id).
+            let display_name: Option<DisplayName> =
+                if r.display_name.is_empty() { None } else { Some(r.display_name.parse()?) };
             if r.signature.is_empty() {
                 return Err(Error::NotSigned("registration"));
             }
@@ -500,7 +500,7 @@ impl RegistryService for RegistryApi {
             let record = rpb::Owner {
                 owner_id: owner_id.to_string(),
                 public_key: r.public_key,
-                display_name: r.display_name,
+                display_name: display_name.map(String::from).unwrap_or_default(),
                 registered_unix_ms: now_ms(),
             };
             let stored = self.blocking(move |inner| inner.db.put_owner(&owner_id, &record)).await?;

@@ -82,7 +82,7 @@ async fn replayed_and_transplanted_signatures_are_refused_and_change_nothing() {
         let f = Fixture::new().await;
         let owner = f.key.public_key().owner_id();
         let other = owner_key();
-        f.client.register_owner(&other, "other owner").await.unwrap();
+        f.client.register_owner(&other, &"other owner".parse().unwrap()).await.unwrap();
         let stored = f.model.entries(&f.key, "faces", 2, 80);
         f.client.publish(stored.clone()).await.unwrap();
         let fresh = f.model.entries(&f.key, "faces", 2, 81);
@@ -154,7 +154,7 @@ async fn unknown_ids_and_other_owners_entries_get_clear_errors_and_change_nothin
         let f = Fixture::new().await;
         let owner = f.key.public_key().owner_id();
         let other = owner_key();
-        f.client.register_owner(&other, "other owner").await.unwrap();
+        f.client.register_owner(&other, &"other owner".parse().unwrap()).await.unwrap();
         let entries = f.model.entries(&f.key, "faces", 2, 90);
         f.client.publish(entries.clone()).await.unwrap();
         let before = listed(&f).await;

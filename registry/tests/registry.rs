@@ -13,7 +13,7 @@ use ambishare_registry::Config;
 use ambishare_rpc::{ClientTlsOptions, PublishOutcome, RegistryClient};
 use ambishare_shared::crypto::SigningKey;
 use ambishare_shared::entry::{NewEntry, deletion_bytes, registration_bytes};
-use ambishare_shared::{DatasetName, Entry, EntryId, ModelId, OwnerId};
+use ambishare_shared::{DatasetName, DisplayName, Entry, EntryId, ModelId, OwnerId};
 use common::*;
 use futures::{StreamExt, TryStreamExt, stream};
 use prost::Message;
@@ -119,7 +119,7 @@ async fn refuses_forged_missing_and_wrong_owner_signatures_and_stores_nothing() 
     timed(async {
         let f = Fixture::new().await;
         let other = owner_key();
-        f.client.register_owner(&other, "other owner").await.unwrap();
+        f.client.register_owner(&other, &"other owner".parse().unwrap()).await.unwrap();
         let mut entries = f.model.entries(&f.key, "faces", 3, 2);
         entries[0].signature[5] ^= 1; // forged
         entries[1].signature.clear(); // missing
@@ -292,7 +292,7 @@ async fn restart_keeps_everything() {
         let node = Node::start(test_config(dir.path())).await;
         let client = node.client().await;
         let key = owner_key();
-        let owner = client.register_owner(&key, "keeper").await.unwrap();
+        let owner = client.register_owner(&key, &"keeper".parse().unwrap()).await.unwrap();
         let model = TestModel::new("big", 8, 2, 16, 4, 4, 700_000); // several chunks
         model.publish(&client, &key).await;
         let entries = model.entries(&key, "faces", 30, 20);
@@ -473,7 +473,7 @@ async fn deletes_are_signed_by_the_owner_and_ids_never_come_back() {
 
         // Another registered owner may not delete it.
         let other = owner_key();
-        f.client.register_owner(&other, "other").await.unwrap();
+        f.client.register_owner(&other, &"other".parse().unwrap()).await.unwrap();
         assert_eq!(f.client.delete_entry(&other, target).await.unwrap_err().code(), Code::PermissionDenied);
         // Nor may anyone sign in the owner's name.
         let ms = now_ms();
@@ -519,8 +519,8 @@ async fn owners_register_with_proof_of_possession() {
     timed(async {
         let f = Fixture::new().await;
         let key = owner_key();
-        let id = f.client.register_owner(&key, "Ada").await.unwrap();
-        assert_eq!(f.client.register_owner(&key, "Ada again").await.unwrap(), id, "not idempotent");
+        let id = f.client.register_owner(&key, &"Ada".parse().unwrap()).await.unwrap();
+        assert_eq!(f.client.register_owner(&key, &"Ada again".parse().unwrap()).await.unwrap(), id, "not idempotent");
         let owner = f.client.raw().get_owner(rpb::GetOwnerRequest { owner_id: id.to_string() }).await.unwrap();
         assert_eq!(owner.into_inner().display_name, "Ada");
 
@@ -546,9 +546,16 @@ async fn owners_register_with_proof_of_possession() {
         let mut short = request("x", ms, &fresh);
         short.public_key.pop();
         assert_eq!(raw.register_owner(short).await.unwrap_err().code(), Code::InvalidArgument);
+        // Names `DisplayName` refuses are refused, signed or not; empty means no name.
+        for bad in ["a\nb".to_owned(), "x".repeat(DisplayName::MAX_CHARS + 1)] {
+            let refused = raw.register_owner(request(&bad, ms, &fresh)).await.unwrap_err();
+            assert_eq!(refused.code(), Code::InvalidArgument, "{bad:?}: {refused:?}");
+        }
         assert_eq!(f.client.get_owner(public.owner_id()).await.unwrap_err().code(), Code::NotFound);
-        raw.register_owner(request("x", ms, &fresh)).await.unwrap();
+        raw.register_owner(request("", ms, &fresh)).await.unwrap();
         assert_eq!(f.client.get_owner(public.owner_id()).await.unwrap(), public);
+        let stored = raw.get_owner(rpb::GetOwnerRequest { owner_id: public.owner_id().to_string() }).await.unwrap();
+        assert_eq!(stored.into_inner().display_name, "");
         f.node.stop().await;
     })
     .await;
@@ -687,7 +694,7 @@ async fn tls_mode_works_and_plaintext_clients_are_refused() {
         let tls = ClientTlsOptions { ca_pem: ca_pem.into_bytes(), domain: Some("localhost".into()) };
         let client = RegistryClient::connect(&format!("https://127.0.0.1:{port}"), Some(tls.clone())).await.unwrap();
         let key = owner_key();
-        let id = client.register_owner(&key, "tls owner").await.unwrap();
+        let id = client.register_owner(&key, &"tls owner".parse().unwrap()).await.unwrap();
         assert_eq!(client.get_owner(id).await.unwrap(), key.public_key());
 
         // Plaintext on the TLS port fails, at connect or at the first request.
@@ -742,7 +749,7 @@ async fn health_reflection_and_metrics_are_served() {
 
         let client = RegistryClient::from_channel(channel);
         let key = owner_key();
-        client.register_owner(&key, "metered").await.unwrap();
+        client.register_owner(&key, &"metered".parse().unwrap()).await.unwrap();
         let model = TestModel::tiny();
         model.publish(&client, &key).await;
         client.publish(model.entries(&key, "faces", 5, 70)).await.unwrap();
@@ -780,7 +787,7 @@ async fn shutdown_finishes_open_publishes_and_keeps_every_acknowledged_entry() {
         let node = Node::start(test_config(dir.path())).await;
         let client = node.client().await;
         let key = owner_key();
-        let owner = client.register_owner(&key, "busy").await.unwrap();
+        let owner = client.register_owner(&key, &"busy".parse().unwrap()).await.unwrap();
         let model = TestModel::tiny();
         model.publish(&client, &key).await;
         let entries = model.entries(&key, "faces", 20, 80);

@@ -65,7 +65,7 @@ async fn published() -> Published {
     let web = node.web.unwrap();
     let client = node.client().await;
     let key = owner_key();
-    client.register_owner(&key, "<b>Ada</b> & \"co\"").await.unwrap();
+    client.register_owner(&key, &"<b>Ada</b> & \"co\"".parse().unwrap()).await.unwrap();
     let model = TestModel::photo64();
     model.publish(&client, &key).await;
     let mut rng = ChaCha20Rng::seed_from_u64(5);

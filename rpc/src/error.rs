@@ -43,6 +43,12 @@ impl Error {
         }
     }
 
+    /// Why the remote owner node refused this party outright (a revoked or
+    /// expired certificate), when its status says.
+    pub fn denial(&self) -> Option<crate::Denial> {
+        self.status().and_then(crate::Denial::of_status)
+    }
+
     /// The status the remote node answered with, if it answered one.
     pub fn status(&self) -> Option<&Status> {
         match self {

@@ -8,6 +8,13 @@ use std::fmt;
 use ambishare_proto::owner::v1 as pb;
 use ambishare_proto::types::v1 as types_pb;
 use ambishare_shared::{DatasetName, Error, PartyName, Result, Tier};
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+/// Metadata key of a `PermissionDenied` status that names its [`Denial`]
+/// (the protobuf number), so a client tells a revoked certificate from an
+/// expired one by value, not by the wording of the message.
+pub const DENIAL_METADATA_KEY: &str = "ambishare-denial";
 
 /// Why a key was not released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,6 +44,24 @@ impl Denial {
             Denial::InvalidId => "invalid id",
             Denial::CertificateRefused => "certificate refused",
         }
+    }
+}
+
+impl Denial {
+    /// A `PermissionDenied` status that carries this denial.
+    pub fn status(self, message: impl Into<String>) -> Status {
+        let mut status = Status::permission_denied(message);
+        status.metadata_mut().insert(DENIAL_METADATA_KEY, MetadataValue::from(pb::Denial::from(self) as i32));
+        status
+    }
+
+    /// The denial a status carries, if it carries one this build knows.
+    pub fn of_status(status: &Status) -> Option<Denial> {
+        if status.code() != tonic::Code::PermissionDenied {
+            return None;
+        }
+        let number: i32 = status.metadata().get(DENIAL_METADATA_KEY)?.to_str().ok()?.parse().ok()?;
+        Denial::try_from(number).ok()
     }
 }
 
@@ -138,6 +163,22 @@ impl TryFrom<pb::GrantInfo> for Grant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_denial_survives_its_status() {
+        for denial in [Denial::Revoked, Denial::Expired, Denial::NotGranted] {
+            let status = denial.status("certificate refused");
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+            assert_eq!(Denial::of_status(&status), Some(denial));
+        }
+        assert_eq!(Denial::of_status(&Status::permission_denied("certificate revoked")), None);
+        let mut unknown = Status::permission_denied("x");
+        unknown.metadata_mut().insert(DENIAL_METADATA_KEY, MetadataValue::from(99));
+        assert_eq!(Denial::of_status(&unknown), None);
+        let mut other_code = Status::not_found("x");
+        other_code.metadata_mut().insert(DENIAL_METADATA_KEY, MetadataValue::from(2));
+        assert_eq!(Denial::of_status(&other_code), None);
+    }
 
     #[test]
     fn grant_checks_revocation_before_expiry() {

@@ -11,7 +11,7 @@ use ambishare_proto::types::v1 as pb;
 use ambishare_shared::crypto::{PublicKey, SigningKey};
 use ambishare_shared::entry::{ModelFileRef, deletion_bytes, model_bytes, registration_bytes};
 use ambishare_shared::ids::sha256;
-use ambishare_shared::{DatasetName, Entry, EntryId, EntrySummary, Manifest, ModelId, OwnerId};
+use ambishare_shared::{DatasetName, DisplayName, Entry, EntryId, EntrySummary, Manifest, ModelId, OwnerId};
 use futures::{Stream, StreamExt, stream};
 use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -211,13 +211,13 @@ impl RegistryClient {
     }
 
     /// Registers the key's owner (idempotent) and returns its id.
-    pub async fn register_owner(&self, key: &SigningKey, display_name: &str) -> Result<OwnerId> {
+    pub async fn register_owner(&self, key: &SigningKey, display_name: &DisplayName) -> Result<OwnerId> {
         let public = key.public_key();
         let requested_unix_ms = now_ms();
-        let signature = key.sign(&registration_bytes(&public, display_name, requested_unix_ms)).to_vec();
+        let signature = key.sign(&registration_bytes(&public, display_name.as_str(), requested_unix_ms)).to_vec();
         let request = rpb::RegisterOwnerRequest {
             public_key: public.as_bytes().to_vec(),
-            display_name: display_name.to_owned(),
+            display_name: display_name.to_string(),
             requested_unix_ms,
             signature,
         };

@@ -235,6 +235,71 @@ name_type!(
     PartyName, "party name", 64
 );
 
+/// The name an owner registers under at the registry, shown to everyone who
+/// browses it. The registry's rules, checked here so that the owner refuses
+/// at its edge what the registry would refuse after a model upload: 1 to
+/// [`DisplayName::MAX_CHARS`] characters, none of them a control character
+/// (a newline or an escape would forge lines in logs and pages). On the wire
+/// an empty string means "no name", so the type itself is never empty.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    /// Longest name, in characters (Unicode scalar values, not bytes).
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn check(s: &str) -> Result<()> {
+        // Counting stops past the limit: a huge input costs no more than a long one.
+        let chars = s.chars().take(Self::MAX_CHARS + 1).count();
+        if chars == 0 || chars > Self::MAX_CHARS {
+            return Err(Error::invalid("display name", format!("must be 1 to {} characters", Self::MAX_CHARS)));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(Error::invalid("display name", "must not contain control characters"));
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for DisplayName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::check(s)?;
+        Ok(DisplayName(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for DisplayName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::check(&s)?;
+        Ok(DisplayName(s))
+    }
+}
+
+impl From<DisplayName> for String {
+    fn from(n: DisplayName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for DisplayName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for DisplayName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DisplayName({:?})", self.0)
+    }
+}
+
 /// How much of an image's support a key reveals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -339,6 +404,37 @@ mod tests {
         for bad in ["", "Faces", "a b", "../x", ".hidden", "-x", &"a".repeat(65)] {
             assert!(bad.parse::<DatasetName>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn display_names_take_up_to_128_printable_characters() {
+        for good in ["Ada", "<b>Ada</b> & \"co\"", "Zoë Ångström 東京", " spaced ", &"é".repeat(128)] {
+            let name: DisplayName = good.parse().unwrap();
+            assert_eq!(name.as_str(), good);
+            assert_eq!(DisplayName::try_from(good.to_owned()).unwrap(), name);
+        }
+    }
+
+    #[test]
+    fn rejects_empty_long_and_control_display_names() {
+        let too_long = "a".repeat(129);
+        for bad in ["", &too_long, "line\nbreak", "tab\there", "nul\0", "esc\u{1b}[31m", "del\u{7f}", "c1\u{85}"] {
+            let err = bad.parse::<DisplayName>().unwrap_err();
+            assert!(matches!(err, Error::Invalid { what: "display name", .. }), "{bad:?}: {err}");
+            assert!(DisplayName::try_from(bad.to_owned()).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn display_names_deserialize_only_when_valid() {
+        #[derive(Deserialize)]
+        struct Config {
+            name: DisplayName,
+        }
+        let ok: Config = serde_json::from_str(r#"{"name":"Ada"}"#).unwrap();
+        assert_eq!(ok.name.as_str(), "Ada");
+        assert!(serde_json::from_str::<Config>(r#"{"name":"a\u0007b"}"#).is_err());
+        assert_eq!(serde_json::to_string(&ok.name).unwrap(), r#""Ada""#);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use derived::{
 };
 pub use entry::{Entry, EntrySummary};
 pub use error::{Error, Result};
-pub use ids::{DatasetName, EntryId, ModelId, OwnerId, PartyName, Tier};
+pub use ids::{DatasetName, DisplayName, EntryId, ModelId, OwnerId, PartyName, Tier};
 pub use key::{EntryKey, SupportKey};
 pub use model::{Device, Manifest, ModelRunner};
 pub use tiling::TileGrid;

@@ -141,7 +141,7 @@ impl TestOwner {
         // The node reads the files itself: it takes absolute paths.
         let inputs = inputs.iter().map(std::path::absolute).collect::<std::io::Result<Vec<_>>>()?;
         let job = PublishJob {
-            display_name: Some("e2e owner".into()),
+            display_name: Some("e2e owner".parse()?),
             device: Device::Cpu,
             codec: ValueCodec::Q8,
             format,
@@ -230,5 +230,5 @@ impl TestParty {
 }
 
 fn client_err(e: ambishare_client::Error) -> Error {
-    Error::Other(format!("client: {e}"))
+    Error::Client(e)
 }

@@ -31,6 +31,9 @@ pub enum Error {
     Shared(#[from] ambishare_shared::Error),
     #[error("image: {0}")]
     Image(#[from] image::ImageError),
+    /// A client operation failed (kept typed: tests check why).
+    #[error("client: {0}")]
+    Client(#[from] ambishare_client::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,

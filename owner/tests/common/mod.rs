@@ -91,7 +91,7 @@ impl TestOwner {
     pub fn job(&self, registry: &TestRegistry, dataset: &str, inputs: Vec<PathBuf>) -> PublishJob {
         PublishJob {
             registry_url: registry.url.clone(),
-            display_name: Some("test owner".into()),
+            display_name: Some("test owner".parse().unwrap()),
             device: Device::Cpu,
             codec: ValueCodec::Q8,
             batch: 2,

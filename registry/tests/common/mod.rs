@@ -251,7 +251,7 @@ impl Fixture {
         let node = Node::start(adjust(test_config(dir.path()))).await;
         let client = node.client().await;
         let key = owner_key();
-        client.register_owner(&key, "test owner").await.unwrap();
+        client.register_owner(&key, &"test owner".parse().unwrap()).await.unwrap();
         let model = TestModel::tiny();
         model.publish(&client, &key).await;
         Fixture { dir, node, client, key, model }
