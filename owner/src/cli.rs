@@ -669,7 +669,7 @@ mod tests {
         let parsed = publish("Ada Lovelace").unwrap();
         let Command::Publish(args) = parsed.command else { panic!("not publish") };
         assert_eq!(args.name.as_ref().map(DisplayName::as_str), Some("Ada Lovelace"));
-        let too_long = "x".repeat(DisplayName::MAX_CHARS + 1);
+        let too_long = "x".repeat(DisplayName::MAX_LEN + 1);
         for bad in ["", "two\nlines", "esc\u{1b}[2J", &too_long] {
             let err = publish(bad).unwrap_err();
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");

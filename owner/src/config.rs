@@ -106,7 +106,7 @@ mod tests {
         std::fs::write(home.config_file(), "display_name = \"Ada Lovelace\"\n").unwrap();
         let c = FileConfig::load(None, &home).unwrap();
         assert_eq!(c.display_name.as_ref().map(DisplayName::as_str), Some("Ada Lovelace"));
-        let too_long = "x".repeat(DisplayName::MAX_CHARS + 1);
+        let too_long = "x".repeat(DisplayName::MAX_LEN + 1);
         for bad in ["", "two\\nlines", "bell\\u0007", too_long.as_str()] {
             std::fs::write(home.config_file(), format!("display_name = \"{bad}\"\n")).unwrap();
             match FileConfig::load(None, &home) {

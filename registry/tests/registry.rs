@@ -547,7 +547,7 @@ async fn owners_register_with_proof_of_possession() {
         short.public_key.pop();
         assert_eq!(raw.register_owner(short).await.unwrap_err().code(), Code::InvalidArgument);
         // Names `DisplayName` refuses are refused, signed or not; empty means no name.
-        for bad in ["a\nb".to_owned(), "x".repeat(DisplayName::MAX_CHARS + 1)] {
+        for bad in ["a\nb".to_owned(), "x".repeat(DisplayName::MAX_LEN + 1)] {
             let refused = raw.register_owner(request(&bad, ms, &fresh)).await.unwrap_err();
             assert_eq!(refused.code(), Code::InvalidArgument, "{bad:?}: {refused:?}");
         }

@@ -174,14 +174,20 @@ fn check_name(what: &'static str, s: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// A validated name: a `String` newtype whose every constructor runs `$check`
+/// (`check_name` unless given).
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr) => {
+        name_type!($(#[$doc])* $name, $what, $max, check_name);
+    };
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, $check:path) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
+            /// Longest name, in characters.
             pub const MAX_LEN: usize = $max;
 
             pub fn as_str(&self) -> &str {
@@ -192,7 +198,7 @@ macro_rules! name_type {
         impl FromStr for $name {
             type Err = Error;
             fn from_str(s: &str) -> Result<Self> {
-                check_name($what, s, $max)?;
+                $check($what, s, $max)?;
                 Ok($name(s.to_owned()))
             }
         }
@@ -200,7 +206,7 @@ macro_rules! name_type {
         impl TryFrom<String> for $name {
             type Error = Error;
             fn try_from(s: String) -> Result<Self> {
-                check_name($what, &s, $max)?;
+                $check($what, &s, $max)?;
                 Ok($name(s))
             }
         }
@@ -235,69 +241,28 @@ name_type!(
     PartyName, "party name", 64
 );
 
-/// The name an owner registers under at the registry, shown to everyone who
-/// browses it. The registry's rules, checked here so that the owner refuses
-/// at its edge what the registry would refuse after a model upload: 1 to
-/// [`DisplayName::MAX_CHARS`] characters, none of them a control character
-/// (a newline or an escape would forge lines in logs and pages). On the wire
-/// an empty string means "no name", so the type itself is never empty.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct DisplayName(String);
+name_type!(
+    /// The name an owner registers under at the registry, shown to everyone who
+    /// browses it. The registry's rules, checked here so that the owner refuses
+    /// at its edge what the registry would refuse after a model upload: 1 to
+    /// [`DisplayName::MAX_LEN`] characters, none of them a control character
+    /// (a newline or an escape would forge lines in logs and pages). On the wire
+    /// an empty string means "no name", so the type itself is never empty.
+    DisplayName, "display name", 128, check_display_name
+);
 
-impl DisplayName {
-    /// Longest name, in characters (Unicode scalar values, not bytes).
-    pub const MAX_CHARS: usize = 128;
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+/// [`DisplayName`]'s rules: 1 to `max` characters (Unicode scalar values, not
+/// bytes), no control characters.
+fn check_display_name(what: &'static str, s: &str, max: usize) -> Result<()> {
+    // Counting stops past the limit: a huge input costs no more than a long one.
+    let chars = s.chars().take(max + 1).count();
+    if chars == 0 || chars > max {
+        return Err(Error::invalid(what, format!("must be 1 to {max} characters")));
     }
-
-    fn check(s: &str) -> Result<()> {
-        // Counting stops past the limit: a huge input costs no more than a long one.
-        let chars = s.chars().take(Self::MAX_CHARS + 1).count();
-        if chars == 0 || chars > Self::MAX_CHARS {
-            return Err(Error::invalid("display name", format!("must be 1 to {} characters", Self::MAX_CHARS)));
-        }
-        if s.chars().any(char::is_control) {
-            return Err(Error::invalid("display name", "must not contain control characters"));
-        }
-        Ok(())
+    if s.chars().any(char::is_control) {
+        return Err(Error::invalid(what, "must not contain control characters"));
     }
-}
-
-impl FromStr for DisplayName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Self::check(s)?;
-        Ok(DisplayName(s.to_owned()))
-    }
-}
-
-impl TryFrom<String> for DisplayName {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        Self::check(&s)?;
-        Ok(DisplayName(s))
-    }
-}
-
-impl From<DisplayName> for String {
-    fn from(n: DisplayName) -> String {
-        n.0
-    }
-}
-
-impl fmt::Display for DisplayName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for DisplayName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DisplayName({:?})", self.0)
-    }
+    Ok(())
 }
 
 /// How much of an image's support a key reveals.
