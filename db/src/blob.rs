@@ -256,14 +256,13 @@ impl BlobStore for ChunkedBlobs {
         let mut pending = BytesMut::with_capacity(self.chunk_size);
         let mut finished = false;
         while !finished {
-            let piece = match pieces.next().await {
+            let mut piece = match pieces.next().await {
                 Some(piece) => piece.map_err(Error::Source)?,
                 None => {
                     finished = true;
                     Bytes::new()
                 }
             };
-            let mut piece = piece;
             // Cut whole chunks out of what is pending and this piece; the
             // last, partial chunk goes out once the input has ended.
             while !piece.is_empty() || (finished && !pending.is_empty()) {
