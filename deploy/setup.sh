@@ -2,7 +2,8 @@
 # Installs what a fresh machine needs to build and run ambishare:
 #   - the ONNX Runtime shared library (from the PyPI wheel onnxruntime==1.31.1,
 #     checked by sha256) into .ort/, where .cargo/config.toml points ORT_DYLIB_PATH;
-#   - rustfmt and clippy, when rustup can add them.
+#   - rustfmt and clippy, when rustup can add them;
+#   - SeaweedFS (deploy/seaweedfs.sh) into .seaweedfs/, for the S3 storage tests.
 # Idempotent: a second run checks the hash and returns in well under a second.
 set -euo pipefail
 
@@ -54,3 +55,6 @@ if command -v rustup >/dev/null 2>&1; then
             echo "setup: could not add $component (cargo fmt/clippy may be missing)" >&2
     done
 fi
+
+# SeaweedFS, the S3 engine the storage crate's tests run against (prints weed's path).
+bash "$(dirname "${BASH_SOURCE[0]}")/seaweedfs.sh" >/dev/null
