@@ -188,6 +188,10 @@ struct StatusAwareConnector;
 
 impl HttpConnector for StatusAwareConnector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        // reqwest is built without a TLS provider of its own (an aws-lc-rs
+        // beside the workspace's ring would leave rustls no process default),
+        // so it needs one installed; an error means one already is.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(HttpClient::new(StatusAware(ReqwestConnector {}.connect(options)?)))
     }
 }
