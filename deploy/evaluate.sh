@@ -4,7 +4,7 @@
 # natural photos, opencv-doc, scikit-image, scikit-learn; the 18 test photos are
 # never trained on), release builds of the nodes, then `ambishare-eval
 # evaluation`, which writes docs/EVALUATION.md and its plots (every figure from
-# that one run, fixed seed). About 20 minutes on 2 cores after the build (1630 s for model v4, beside other work; 941-1156 s alone).
+# that one run, fixed seed). About 20 minutes on 2 cores after the build (1164 s for model v5 and 1630 s for v4, beside other work; 941-1156 s alone).
 # Needs deploy/setup.sh first.
 #
 #   bash deploy/evaluate.sh [DATA_DIR]     (default: .data/v2; git-ignored)
