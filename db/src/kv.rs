@@ -136,13 +136,18 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Up to `limit` keys starting with `prefix` and greater than `after`,
     /// in byte order. A page shorter than `limit` is the last one.
+    ///
+    /// By default [`list`](KvStore::list) without the values: embedded
+    /// backends read values with their keys anyway. S3 lists keys alone.
     async fn list_keys(
         &self,
         namespace: &Namespace,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>>;
+    ) -> Result<Vec<Vec<u8>>> {
+        Ok(self.list(namespace, prefix, after, limit).await?.into_iter().map(|(k, _)| k).collect())
+    }
 
     /// Like [`list_keys`](KvStore::list_keys), with each key's value. A key
     /// deleted while the page is read may be left out (S3 lists, then gets).

@@ -68,16 +68,6 @@ impl KvStore for MemoryStore {
         Ok(())
     }
 
-    async fn list_keys(
-        &self,
-        namespace: &Namespace,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>> {
-        Ok(self.scan(namespace, prefix, after, limit)?.into_iter().map(|(k, _)| k).collect())
-    }
-
     async fn list(
         &self,
         namespace: &Namespace,

@@ -201,17 +201,6 @@ impl KvStore for SledStore {
         .await
     }
 
-    async fn list_keys(
-        &self,
-        namespace: &Namespace,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>> {
-        // sled reads values with their keys anyway; listing keys costs the same.
-        Ok(self.list(namespace, prefix, after, limit).await?.into_iter().map(|(k, _)| k).collect())
-    }
-
     async fn list(
         &self,
         namespace: &Namespace,
