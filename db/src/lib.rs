@@ -49,6 +49,8 @@ pub use crate::kv::{Creation, KvStore, MAX_NAMESPACE_LEN, Namespace, Pair};
 pub use crate::memory::MemoryStore;
 pub use crate::s3::S3Store;
 pub use crate::sled::{SledOptions, SledStore};
+/// The value type of every read and write (re-exported so callers need not depend on `bytes`).
+pub use bytes::Bytes;
 
 /// An open store: its key-value half and its blobs (kept in reserved
 /// namespaces of the same backend). Cheap to clone.

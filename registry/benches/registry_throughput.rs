@@ -2,7 +2,8 @@
 //! directory, with codes of the 64x64 model's shape (1 tile, L = 16, m = 256,
 //! k = 64, k_fake = 64, q8: about 2.6 KB a code).
 //!
-//! `cargo bench -p ambishare-registry --bench registry_throughput [-- --entries N] [--engine memory]`
+//! `cargo bench -p ambishare-registry --bench registry_throughput [-- --entries N] [--store STORE]`
+//! (STORE as in `ambishare-registry serve --store`; default sled in a temporary directory).
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,11 +13,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ambishare_registry::Config;
-use ambishare_registry::store::Engine;
 use ambishare_rpc::PublishOutcome;
 use ambishare_shared::Entry;
 use common::{Node, TestModel, owner_key, test_config};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 /// The value after `--name` on the command line.
 fn arg(name: &str) -> Option<String> {
@@ -24,40 +24,36 @@ fn arg(name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
-/// The store alone: what the writer does per entry (one transaction of the
-/// entry and its three index keys), one flush per 256 entries.
-fn store_only(entries: &[Entry]) -> Row {
-    use ambishare_registry::store::{SledOptions, Tree};
-    let dir = tempfile::tempdir().unwrap();
-    let store = ambishare_registry::store::open(Engine::Sled, dir.path(), SledOptions::default()).unwrap();
-    let encoded: Vec<Vec<u8>> =
-        entries.iter().map(|e| prost::Message::encode_to_vec(&ambishare_proto::types::v1::Entry::from(e))).collect();
+/// The store alone: what the writer does per entry (the dataset marker,
+/// two index keys, then the entry, create-if-absent), one flush per 256.
+async fn store_only(store: &ambishare_db::StoreConfig, entries: &[Entry]) -> Row {
+    use ambishare_db::{Bytes, Namespace};
+    static ENTRIES: Namespace = Namespace::from_static("bench_entries");
+    static INDEX: Namespace = Namespace::from_static("bench_index");
+    let kv = store.open().await.unwrap().kv().clone();
+    let encoded: Vec<Bytes> = entries
+        .iter()
+        .map(|e| prost::Message::encode_to_vec(&ambishare_proto::types::v1::Entry::from(e)).into())
+        .collect();
     let start = Instant::now();
-    for (i, (entry, body)) in entries.iter().zip(&encoded).enumerate() {
-        let seq = (i as u64 + 1).to_be_bytes();
-        let id = entry.id.as_bytes().as_slice();
-        let record = [seq.as_slice(), body].concat();
-        let by_owner = [entry.owner.as_bytes().as_slice(), &seq].concat();
-        let by_dataset = [entry.dataset.as_str().as_bytes(), &[0], entry.owner.as_bytes(), &seq].concat();
-        let applied = store
-            .apply(
-                &[(Tree::Entries, id, None), (Tree::Deleted, id, None)],
-                &[
-                    (Tree::Entries, id, Some(&record)),
-                    (Tree::BySeq, &seq, Some(id)),
-                    (Tree::ByOwner, &by_owner, Some(id)),
-                    (Tree::ByDataset, &by_dataset, Some(id)),
-                ],
-            )
-            .unwrap();
-        assert!(applied);
-        if i % 256 == 255 {
-            store.flush().unwrap();
+    let writes = entries.iter().zip(encoded).enumerate().map(|(i, (entry, body))| {
+        let kv = kv.clone();
+        async move {
+            let id = entry.id.as_bytes();
+            let by_owner = [entry.owner.as_bytes().as_slice(), id].concat();
+            let by_dataset = [entry.dataset.as_str().as_bytes(), &[0], entry.owner.as_bytes(), id].concat();
+            kv.put(&INDEX, &by_owner, Bytes::new()).await.unwrap();
+            kv.put(&INDEX, &by_dataset, Bytes::new()).await.unwrap();
+            assert!(kv.put_if_absent(&ENTRIES, id, body).await.unwrap().is_created());
+            if i % 256 == 255 {
+                kv.flush().await.unwrap();
+            }
         }
-    }
-    store.flush().unwrap();
+    });
+    futures::stream::iter(writes).buffered(32).collect::<Vec<()>>().await;
+    kv.flush().await.unwrap();
     Row {
-        what: "sled alone: entry transaction, flush per 256".into(),
+        what: "store alone: 3 writes an entry, flush per 256".into(),
         items: entries.len(),
         bytes: code_bytes(entries),
         elapsed: start.elapsed(),
@@ -91,11 +87,15 @@ fn code_bytes(entries: &[Entry]) -> usize {
 
 fn main() {
     let n: usize = arg("--entries").and_then(|n| n.parse().ok()).unwrap_or(10_000);
-    let engine: Engine = arg("--engine").map(|e| e.parse().unwrap()).unwrap_or_default();
+    let store: Option<ambishare_db::StoreConfig> = arg("--store").map(|s| s.parse().unwrap());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::start(Config { cache_mib: 256, engine, ..test_config(dir.path()) }).await;
+        let store = store.unwrap_or(ambishare_db::StoreConfig::Sled {
+            path: dir.path().join("registry"),
+            cache_capacity: 256 << 20,
+        });
+        let node = Node::start(Config { store: Some(store.clone()), ..test_config(dir.path()) }).await;
         let client = node.client().await;
         let key = owner_key();
         client.register_owner(&key, &"bench".parse().unwrap()).await.unwrap();
@@ -106,7 +106,7 @@ fn main() {
         let first = model.entries(&key, "bench", n, 1);
         let parallel: Vec<Vec<Entry>> = (0..4).map(|i| model.entries(&key, "bench", n / 4, 10 + i)).collect();
         let per_code = code_bytes(&first) / n.max(1);
-        eprintln!("engine {engine}");
+        eprintln!("store {}", ambishare_registry::describe_store(&store));
         eprintln!("made {} entries of {per_code} code bytes in {:.1} s", n + 4 * (n / 4), made.elapsed().as_secs_f64());
 
         println!("| {:<44} | {:>7} | {:>8} | {:>10} | {:>7} |", "operation", "items", "seconds", "items/s", "MB/s");
@@ -203,9 +203,13 @@ fn main() {
 
         drop(client);
         node.stop().await;
-        if engine == Engine::Sled {
-            store_only(&first).print();
-        }
+        let alone = match &store {
+            ambishare_db::StoreConfig::Sled { path, cache_capacity } => {
+                ambishare_db::StoreConfig::Sled { path: path.with_file_name("alone"), cache_capacity: *cache_capacity }
+            }
+            other => other.clone(),
+        };
+        store_only(&alone, &first).await.print();
         let size: u64 = walk_size(dir.path());
         eprintln!("data directory: {:.1} MB for {total} entries", size as f64 / 1e6);
     });

@@ -3,14 +3,16 @@
 //!
 //! Precedence: flags > environment (`AMBISHARE_REGISTRY_*`) > `--config` file > defaults.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::store::{Engine, SledOptions};
+use ambishare_db::StoreConfig;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 pub const DEFAULT_DATA_DIR: &str = "registry-data";
@@ -39,6 +41,56 @@ pub const DEFAULT_THUMBNAIL_WORKERS: usize = 1;
 pub const DEFAULT_THUMBNAIL_QUEUE: usize = 256;
 /// 1024 tiles: a 2048x2048 image under the 64x64 model, about 2 s on one core.
 pub const DEFAULT_THUMBNAIL_MAX_TILES: u32 = 1024;
+
+/// Which storage backend to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Engine {
+    /// sled in the data directory (durable).
+    #[default]
+    Sled,
+    /// Process memory (lost on exit; for tests and benchmarks).
+    Memory,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Sled => "sled",
+            Engine::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Engine {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sled" => Ok(Engine::Sled),
+            "memory" => Ok(Engine::Memory),
+            other => Err(Error::Config(format!("unknown storage engine {other:?}; expected \"sled\" or \"memory\""))),
+        }
+    }
+}
+
+impl TryFrom<String> for Engine {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Engine> for String {
+    fn from(e: Engine) -> String {
+        e.as_str().to_owned()
+    }
+}
 
 /// Configuration of `ambishare-registry serve`, as read from a TOML file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +138,11 @@ pub struct Config {
     pub cache_mib: u64,
     /// Seconds shutdown waits for open requests and streams before cutting them off.
     pub shutdown_grace_secs: u64,
+    /// The store, when not sled in `data_dir` or memory (`engine`): a TOML
+    /// table such as `[store]` `engine = "s3"`, `bucket = "..."`, `endpoint = "..."`.
+    /// Several registries on one S3 store serve the same data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreConfig>,
 }
 
 impl Default for Config {
@@ -110,6 +167,7 @@ impl Default for Config {
             publish_queue: DEFAULT_PUBLISH_QUEUE,
             cache_mib: DEFAULT_CACHE_MIB,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            store: None,
         }
     }
 }
@@ -163,8 +221,16 @@ impl Config {
         Ok(())
     }
 
-    pub fn sled_options(&self) -> SledOptions {
-        SledOptions { cache_capacity: self.cache_mib.saturating_mul(1 << 20) }
+    /// The store to open: `store` when set, else `engine` in `data_dir`.
+    pub fn store_config(&self) -> StoreConfig {
+        match (&self.store, self.engine) {
+            (Some(store), _) => store.clone(),
+            (None, Engine::Sled) => StoreConfig::Sled {
+                path: self.data_dir.clone(),
+                cache_capacity: self.cache_mib.saturating_mul(1 << 20),
+            },
+            (None, Engine::Memory) => StoreConfig::Memory,
+        }
     }
 
     /// The limits the service enforces.
@@ -249,9 +315,15 @@ pub struct ServeArgs {
     /// Directory of the database, created if missing [default: registry-data].
     #[arg(long, env = "AMBISHARE_REGISTRY_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Storage backend: `sled` (durable) or `memory` (lost on exit) [default: sled].
+    /// Storage backend in --data-dir: `sled` (durable) or `memory` (lost on exit) [default: sled].
     #[arg(long, env = "AMBISHARE_REGISTRY_ENGINE", value_name = "ENGINE")]
     pub engine: Option<Engine>,
+    /// The store, instead of --engine and --data-dir: `sled:DIR`, `memory`, or
+    /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION[&credentials_file=FILE]`
+    /// (credentials from that file or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,
+    /// never logged). Any number of registries on one S3 store serve the same data.
+    #[arg(long, env = "AMBISHARE_REGISTRY_STORE", value_name = "STORE")]
+    pub store: Option<StoreConfig>,
     /// PEM certificate chain of the gRPC endpoint (TLS).
     #[arg(long, env = "AMBISHARE_REGISTRY_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -318,7 +390,7 @@ pub struct ServeArgs {
 /// Flags of `stats`.
 #[derive(Debug, Default, Args)]
 pub struct StatsArgs {
-    /// TOML file of `serve` (only `data_dir`, `engine` and `cache_mib` are used).
+    /// TOML file of `serve` (only `data_dir`, `engine`, `cache_mib` and `store` are used).
     #[arg(long, env = "AMBISHARE_REGISTRY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory of the database [default: registry-data].
@@ -327,6 +399,9 @@ pub struct StatsArgs {
     /// Storage backend [default: sled].
     #[arg(long, env = "AMBISHARE_REGISTRY_ENGINE", value_name = "ENGINE")]
     pub engine: Option<Engine>,
+    /// The store, instead of --engine and --data-dir (as in `serve --store`).
+    #[arg(long, env = "AMBISHARE_REGISTRY_STORE", value_name = "STORE")]
+    pub store: Option<StoreConfig>,
 }
 
 fn base(file: Option<&Path>) -> Result<Config> {
@@ -374,6 +449,9 @@ impl ServeArgs {
         if self.http_listen.is_some() {
             c.http_listen = self.http_listen;
         }
+        if self.store.is_some() {
+            c.store = self.store.clone();
+        }
         Ok(c)
     }
 }
@@ -386,6 +464,9 @@ impl StatsArgs {
         }
         if let Some(engine) = self.engine {
             c.engine = engine;
+        }
+        if self.store.is_some() {
+            c.store = self.store.clone();
         }
         Ok(c)
     }

@@ -1,36 +1,109 @@
-//! The registry's records on top of the byte-level [`Store`]: keys, record
-//! layouts, and the multi-tree writes that keep entries and indexes together.
+//! The registry's records on the storage crate ([`ambishare_db`]): namespaces,
+//! key layouts, and the order of writes that keeps entries and their indexes
+//! consistent without transactions (S3 has none), so any number of registry
+//! processes can share one store.
 //!
-//! Every entry is written with its three index keys in one `apply`, so a crash
-//! never leaves an entry without its index or an index without its entry.
+//! # Layout (schema `ambishare-registry/2`)
+//!
+//! | namespace    | key                                               | value |
+//! |--------------|---------------------------------------------------|-------|
+//! | `entries`    | entry id (16)                                     | prost `types.v1.Entry` |
+//! | `by_owner`   | owner (16) ++ entry id                            | empty |
+//! | `by_dataset` | dataset ++ 0x00 ++ owner (16) ++ entry id ++ facts (48) | empty |
+//! | `datasets`   | owner (16) ++ dataset                             | empty |
+//! | `owners`     | owner (16)                                        | prost `registry.v1.Owner` |
+//! | `models`     | model id (32)                                     | prost `registry.v1.ModelHeader` (files are blobs) |
+//! | `deleted`    | entry id (16)                                     | owner (16) ++ deletion time (i64 BE ms) |
+//! | `thumbnails` | entry id (16)                                     | JPEG |
+//! | `meta`       | `schema`                                          | the schema version |
+//!
+//! The facts at the end of a `by_dataset` key (code bytes u64, creation time
+//! i64, model id) make a dataset's summary one listing of keys.
+//!
+//! # Order
+//!
+//! There is no sequence number: entry ids are UUIDv7, which sort by creation
+//! time, and every listing is in id order, the same through every replica,
+//! with no shared counter to contend on.
+//!
+//! # Writes
+//!
+//! Publishing writes the dataset marker and the index keys first and the
+//! entry last, create-if-absent: that write is the commit point. A crash
+//! before it leaves index keys without their entry, which readers skip (and
+//! a retry completes). Deleting writes the tombstone first, then removes the
+//! entry, its index keys and its thumbnail; a crash between leaves work that
+//! the owner's retry of the deletion finishes.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
+use ambishare_db::{BlobId, Bytes, Creation, Namespace, Store};
 use ambishare_proto::registry::v1 as rpb;
 use ambishare_proto::types::v1 as pb;
 use ambishare_shared::{DatasetName, EntryId, ModelId, OwnerId};
+use futures::{StreamExt, TryStreamExt, stream};
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::store::{KeyValue, Store, Tree};
+
+static ENTRIES: Namespace = Namespace::from_static("entries");
+static BY_OWNER: Namespace = Namespace::from_static("by_owner");
+static BY_DATASET: Namespace = Namespace::from_static("by_dataset");
+static DATASETS: Namespace = Namespace::from_static("datasets");
+static OWNERS: Namespace = Namespace::from_static("owners");
+static MODELS: Namespace = Namespace::from_static("models");
+static DELETED: Namespace = Namespace::from_static("deleted");
+static THUMBNAILS: Namespace = Namespace::from_static("thumbnails");
+static META: Namespace = Namespace::from_static("meta");
 
 const META_SCHEMA: &[u8] = b"schema";
-const META_LAST_SEQ: &[u8] = b"last_seq";
-/// Present once the `datasets` tree holds a summary of every stored entry
-/// (data directories from before it existed are summarised when opened).
-const META_DATASETS: &[u8] = b"datasets/1";
+/// Layout version of the store.
+const SCHEMA_VERSION: &[u8] = b"ambishare-registry/2";
 /// Most models listed in one dataset's summary (the counts stay exact).
 const MAX_SUMMARY_MODELS: usize = 64;
-/// Layout version of the data directory.
-const SCHEMA_VERSION: &[u8] = b"ambishare-registry/1";
+/// Bytes of the facts at the end of a `by_dataset` key.
+const FACTS_LEN: usize = 8 + 8 + 32;
+/// Keys read per listing request where a whole prefix is walked.
+const WALK_PAGE: usize = 1000;
+/// Entries read concurrently while a page is assembled (S3 answers each in
+/// about a millisecond; reading them one by one would bound a stream at that).
+const READ_AHEAD: usize = 32;
+/// Dataset markers known to exist, remembered to spare a write per publish.
+const KNOWN_DATASETS: usize = 10_000;
 
-/// An entry as stored: its publication sequence number and its message.
+fn corrupt(namespace: &'static str, reason: impl Into<String>) -> Error {
+    Error::corrupt(namespace, reason)
+}
+
+/// An entry as stored: its message and its exact bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredEntry {
-    pub seq: u64,
     pub entry: pb::Entry,
-    /// The record's exact bytes (a precondition of deletion).
-    pub record: Vec<u8>,
+    pub record: Bytes,
+}
+
+impl StoredEntry {
+    fn decode(record: Bytes) -> Result<Self> {
+        let entry = pb::Entry::decode(record.as_ref()).map_err(|e| corrupt("entries", e.to_string()))?;
+        Ok(StoredEntry { entry, record })
+    }
+
+    fn owner(&self) -> Result<OwnerId> {
+        self.entry.owner_id.parse().map_err(|_| corrupt("entries", "bad owner id"))
+    }
+
+    fn facts(&self) -> Result<Facts> {
+        Ok(Facts {
+            code_bytes: self.entry.code.len() as u64,
+            created_unix_ms: self.entry.created_unix_ms,
+            model: self.entry.model_id.parse().map_err(|_| corrupt("entries", "bad model id"))?,
+        })
+    }
+
+    fn index_keys(&self, id: &EntryId) -> Result<IndexKeys> {
+        Ok(IndexKeys::of(id, &self.owner()?, &self.entry.dataset, &self.facts()?))
+    }
 }
 
 /// An entry checked at the edge and ready for the writer.
@@ -44,79 +117,88 @@ pub struct Prepared {
     /// Size of the ambiguated code.
     pub code_bytes: u64,
     /// Prost encoding of the canonical `types.v1.Entry`.
-    pub encoded: Vec<u8>,
+    pub encoded: Bytes,
 }
 
-/// What one owner's dataset holds, kept in the same write as each entry and
-/// deletion, so the web view's home page reads one record per dataset.
+/// What a `by_dataset` key says of its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Facts {
+    code_bytes: u64,
+    created_unix_ms: i64,
+    model: ModelId,
+}
+
+impl Facts {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.code_bytes.to_be_bytes());
+        out.extend_from_slice(&self.created_unix_ms.to_be_bytes());
+        out.extend_from_slice(self.model.as_bytes());
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Facts> {
+        let (code_bytes, rest) = bytes.split_first_chunk::<8>()?;
+        let (created, model) = rest.split_first_chunk::<8>()?;
+        let model: [u8; 32] = model.try_into().ok()?;
+        Some(Facts {
+            code_bytes: u64::from_be_bytes(*code_bytes),
+            created_unix_ms: i64::from_be_bytes(*created),
+            model: ModelId::from_bytes(model),
+        })
+    }
+}
+
+/// The two index keys of an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IndexKeys {
+    by_owner: Vec<u8>,
+    by_dataset: Vec<u8>,
+}
+
+impl IndexKeys {
+    fn of(id: &EntryId, owner: &OwnerId, dataset: &str, facts: &Facts) -> Self {
+        let by_owner = [owner.as_bytes().as_slice(), id.as_bytes()].concat();
+        let mut by_dataset = dataset_prefix(dataset, Some(owner));
+        by_dataset.extend_from_slice(id.as_bytes());
+        facts.encode(&mut by_dataset);
+        IndexKeys { by_owner, by_dataset }
+    }
+}
+
+fn dataset_prefix(dataset: &str, owner: Option<&OwnerId>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(dataset.len() + 1 + 32 + FACTS_LEN);
+    key.extend_from_slice(dataset.as_bytes());
+    key.push(0);
+    if let Some(owner) = owner {
+        key.extend_from_slice(owner.as_bytes());
+    }
+    key
+}
+
+fn dataset_key(owner: &OwnerId, dataset: &str) -> Vec<u8> {
+    [owner.as_bytes().as_slice(), dataset.as_bytes()].concat()
+}
+
+/// What one owner's dataset holds, from its index keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DatasetSummary {
     pub entries: u64,
     /// Sum of the entries' code sizes.
     pub code_bytes: u64,
-    /// Greatest creation time of an entry ever published in it (0: none).
+    /// Greatest creation time of an entry in it (0: none).
     pub last_created_unix_ms: i64,
     /// Models used, with their entry counts (at most [`MAX_SUMMARY_MODELS`]).
     pub models: Vec<(ModelId, u64)>,
 }
 
 impl DatasetSummary {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(26 + self.models.len() * 40);
-        out.extend_from_slice(&self.entries.to_be_bytes());
-        out.extend_from_slice(&self.code_bytes.to_be_bytes());
-        out.extend_from_slice(&self.last_created_unix_ms.to_be_bytes());
-        // At most MAX_SUMMARY_MODELS, which fits a u16.
-        out.extend_from_slice(&(self.models.len() as u16).to_be_bytes());
-        for (model, count) in &self.models {
-            out.extend_from_slice(model.as_bytes());
-            out.extend_from_slice(&count.to_be_bytes());
-        }
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self> {
-        let bad = || Error::corrupt("datasets", "malformed dataset summary");
-        let (head, rest) = bytes.split_first_chunk::<26>().ok_or_else(bad)?;
-        let u64_at = |i: usize| head.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-        let entries = u64_at(0).ok_or_else(bad)?;
-        let code_bytes = u64_at(8).ok_or_else(bad)?;
-        let last_created_unix_ms = u64_at(16).ok_or_else(bad)? as i64;
-        let n = usize::from(u16::from_be_bytes([head[24], head[25]]));
-        if rest.len() != n * 40 || n > MAX_SUMMARY_MODELS {
-            return Err(bad());
-        }
-        let models = rest
-            .chunks_exact(40)
-            .map(|c| {
-                let (id, count) = c.split_at(32);
-                let id: [u8; 32] = id.try_into().map_err(|_| bad())?;
-                let count: [u8; 8] = count.try_into().map_err(|_| bad())?;
-                Ok((ModelId::from_bytes(id), u64::from_be_bytes(count)))
-            })
-            .collect::<Result<_>>()?;
-        Ok(DatasetSummary { entries, code_bytes, last_created_unix_ms, models })
-    }
-
-    fn add(&mut self, model: ModelId, code_bytes: u64, created_unix_ms: i64) {
+    fn add(&mut self, facts: &Facts) {
         self.entries += 1;
-        self.code_bytes = self.code_bytes.saturating_add(code_bytes);
-        self.last_created_unix_ms = self.last_created_unix_ms.max(created_unix_ms);
-        if let Some((_, count)) = self.models.iter_mut().find(|(m, _)| *m == model) {
+        self.code_bytes = self.code_bytes.saturating_add(facts.code_bytes);
+        self.last_created_unix_ms = self.last_created_unix_ms.max(facts.created_unix_ms);
+        if let Some((_, count)) = self.models.iter_mut().find(|(m, _)| *m == facts.model) {
             *count += 1;
         } else if self.models.len() < MAX_SUMMARY_MODELS {
-            self.models.push((model, 1));
-        }
-    }
-
-    fn remove(&mut self, model: &ModelId, code_bytes: u64) {
-        self.entries = self.entries.saturating_sub(1);
-        self.code_bytes = self.code_bytes.saturating_sub(code_bytes);
-        if let Some(i) = self.models.iter().position(|(m, _)| m == model) {
-            self.models[i].1 = self.models[i].1.saturating_sub(1);
-            if self.models[i].1 == 0 {
-                self.models.remove(i);
-            }
+            self.models.push((facts.model, 1));
         }
     }
 }
@@ -127,10 +209,6 @@ pub struct DatasetRow {
     pub owner: OwnerId,
     pub dataset: DatasetName,
     pub summary: DatasetSummary,
-}
-
-fn summary_key(owner: &OwnerId, dataset: &str) -> Vec<u8> {
-    [owner.as_bytes().as_slice(), dataset.as_bytes()].concat()
 }
 
 /// What became of one entry handed to [`Db::insert_entry`].
@@ -150,7 +228,9 @@ pub struct Query {
     pub dataset: Option<DatasetName>,
 }
 
-/// A position in a listing: the index key of an entry, less the query's prefix.
+/// A position in a listing: the part of an index key after the query's
+/// prefix that orders it (the entry id, after the owner's id where a
+/// listing spans owners).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor(Vec<u8>);
 
@@ -162,34 +242,81 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
+/// Where a query's keys are and how they read.
+struct Index {
+    namespace: &'static Namespace,
+    prefix: Vec<u8>,
+    /// Bytes of the cursor after the prefix (its last 16 are the entry id).
+    cursor_len: usize,
+    /// Bytes after the cursor (the facts of a `by_dataset` key).
+    tail_len: usize,
+}
+
+impl Index {
+    /// The listing key after which the page following `cursor` starts.
+    fn after_key(&self, cursor: &Cursor) -> Vec<u8> {
+        let mut key = [self.prefix.as_slice(), &cursor.0].concat();
+        // After every key that starts with prefix ++ cursor.
+        key.extend(std::iter::repeat_n(0xff, self.tail_len));
+        key
+    }
+
+    /// The cursor and entry id of a listed key.
+    fn parse(&self, key: &[u8]) -> Result<(Cursor, EntryId)> {
+        let bad = || corrupt("index", format!("a key of {} bytes in {}", key.len(), self.namespace));
+        if key.len() != self.prefix.len() + self.cursor_len + self.tail_len || !key.starts_with(&self.prefix) {
+            return Err(bad());
+        }
+        let cursor = &key[self.prefix.len()..self.prefix.len() + self.cursor_len];
+        let id: [u8; 16] = cursor[self.cursor_len - 16..].try_into().map_err(|_| bad())?;
+        let id = EntryId::from_bytes(id).map_err(|_| bad())?;
+        Ok((Cursor(cursor.to_vec()), id))
+    }
+}
+
 impl Query {
-    /// The index tree, key prefix and cursor length of this query.
-    ///
-    /// Without an owner, a dataset query walks `dataset\0`: by owner, then in
-    /// publication order (a dataset belongs to one owner, so this is rare).
-    fn index(&self) -> (Tree, Vec<u8>, usize) {
+    /// The keys this query walks. Without an owner, a dataset query walks
+    /// `dataset\0`: by owner, then in id order (a dataset belongs to one owner,
+    /// so this is rare).
+    fn index(&self) -> Index {
         match (&self.owner, &self.dataset) {
-            (None, None) => (Tree::BySeq, Vec::new(), 8),
-            (Some(owner), None) => (Tree::ByOwner, owner.as_bytes().to_vec(), 8),
-            (Some(owner), Some(dataset)) => (Tree::ByDataset, dataset_prefix(dataset.as_str(), Some(owner)), 8),
-            (None, Some(dataset)) => (Tree::ByDataset, dataset_prefix(dataset.as_str(), None), 16 + 8),
+            (None, None) => Index { namespace: &ENTRIES, prefix: Vec::new(), cursor_len: 16, tail_len: 0 },
+            (Some(owner), None) => {
+                Index { namespace: &BY_OWNER, prefix: owner.as_bytes().to_vec(), cursor_len: 16, tail_len: 0 }
+            }
+            (Some(owner), Some(dataset)) => Index {
+                namespace: &BY_DATASET,
+                prefix: dataset_prefix(dataset.as_str(), Some(owner)),
+                cursor_len: 16,
+                tail_len: FACTS_LEN,
+            },
+            (None, Some(dataset)) => Index {
+                namespace: &BY_DATASET,
+                prefix: dataset_prefix(dataset.as_str(), None),
+                cursor_len: 32,
+                tail_len: FACTS_LEN,
+            },
         }
     }
 
+    /// Whether `entry` belongs in this listing: an index key left by a lost
+    /// race or a crash may name an entry of another owner or dataset.
+    fn admits(&self, entry: &pb::Entry) -> bool {
+        self.owner.is_none_or(|o| entry.owner_id == o.to_string())
+            && self.dataset.as_ref().is_none_or(|d| entry.dataset == d.as_str())
+    }
+
     /// The cursor that resumes this query right after `entry`.
-    pub fn cursor_after(&self, entry: &StoredEntry) -> Result<Cursor> {
-        let seq = entry.seq.to_be_bytes();
-        let (_, _, len) = self.index();
-        if len == 8 {
-            return Ok(Cursor(seq.to_vec()));
+    pub fn cursor_after(&self, id: &EntryId, entry: &StoredEntry) -> Result<Cursor> {
+        if self.index().cursor_len == 16 {
+            return Ok(Cursor(id.as_bytes().to_vec()));
         }
-        let owner: OwnerId = entry.entry.owner_id.parse().map_err(|_| Error::corrupt("entries", "bad owner id"))?;
-        Ok(Cursor([owner.as_bytes().as_slice(), &seq].concat()))
+        Ok(Cursor([entry.owner()?.as_bytes().as_slice(), id.as_bytes()].concat()))
     }
 
     /// Parses a page token made for this query.
     pub fn parse_token(&self, token: &str) -> Result<Cursor> {
-        let (_, _, len) = self.index();
+        let len = self.index().cursor_len;
         let bad = || Error::Invalid("invalid page token (use one returned for the same owner and dataset)".into());
         if token.len() != 2 * len {
             return Err(bad());
@@ -205,364 +332,508 @@ impl Cursor {
     }
 }
 
-fn dataset_prefix(dataset: &str, owner: Option<&OwnerId>) -> Vec<u8> {
-    let mut key = Vec::with_capacity(dataset.len() + 1 + 16 + 8);
-    key.extend_from_slice(dataset.as_bytes());
-    key.push(0);
-    if let Some(owner) = owner {
-        key.extend_from_slice(owner.as_bytes());
-    }
-    key
-}
-
-/// The three index keys of an entry.
-fn index_keys(seq: u64, owner: &OwnerId, dataset: &str) -> ([u8; 8], Vec<u8>, Vec<u8>) {
-    let seq = seq.to_be_bytes();
-    let by_owner = [owner.as_bytes().as_slice(), &seq].concat();
-    let mut by_dataset = dataset_prefix(dataset, Some(owner));
-    by_dataset.extend_from_slice(&seq);
-    (seq, by_owner, by_dataset)
-}
-
-fn decode_record(record: Vec<u8>) -> Result<StoredEntry> {
-    let Some((seq, body)) = record.split_first_chunk::<8>() else {
-        return Err(Error::corrupt("entries", "record shorter than its sequence number"));
-    };
-    let entry = pb::Entry::decode(body).map_err(|e| Error::corrupt("entries", e.to_string()))?;
-    Ok(StoredEntry { seq: u64::from_be_bytes(*seq), entry, record })
-}
-
-fn be_u64(tree: &'static str, bytes: &[u8]) -> Result<u64> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::corrupt(tree, "expected 8 bytes"))?;
-    Ok(u64::from_be_bytes(arr))
-}
-
-/// Typed access to the registry's trees.
+/// Typed access to the registry's records. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
-    store: Arc<dyn Store>,
+    store: Store,
+    /// Dataset markers this process knows are stored.
+    known_datasets: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl Db {
     /// Checks (or, in an empty store, writes) the schema version.
-    pub fn open(store: Arc<dyn Store>) -> Result<Self> {
-        match store.get(Tree::Meta, META_SCHEMA)? {
-            Some(v) if v == SCHEMA_VERSION => {}
+    pub async fn open(store: Store) -> Result<Self> {
+        let kv = store.kv();
+        match kv.get(&META, META_SCHEMA).await? {
+            Some(v) if v.as_ref() == SCHEMA_VERSION => {}
             Some(v) => {
                 return Err(Error::Config(format!(
-                    "the data directory holds schema {:?}; this registry understands {:?}",
+                    "the store holds schema {:?}; this registry reads {:?} (a store of an older registry: \
+                     publish its datasets again into a new one)",
                     String::from_utf8_lossy(&v),
                     String::from_utf8_lossy(SCHEMA_VERSION)
                 )));
             }
             None => {
-                if !store.is_empty(Tree::Entries)? || !store.is_empty(Tree::Owners)? {
-                    return Err(Error::Config("the data directory holds records but no schema version".into()));
+                for namespace in [&ENTRIES, &OWNERS] {
+                    if !kv.list_keys(namespace, &[], None, 1).await?.is_empty() {
+                        return Err(Error::Config("the store holds records but no schema version".into()));
+                    }
                 }
-                store.apply(&[], &[(Tree::Meta, META_SCHEMA, Some(SCHEMA_VERSION))])?;
-                store.flush()?;
+                // Replicas opening a new store race here; every one writes the same value.
+                let _ = kv.put_if_absent(&META, META_SCHEMA, Bytes::from_static(SCHEMA_VERSION)).await?;
+                kv.flush().await?;
             }
         }
-        let db = Db { store };
-        if db.store.get(Tree::Meta, META_DATASETS)?.is_none() {
-            db.summarise_datasets()?;
-        }
-        Ok(db)
+        Ok(Db { store, known_datasets: Arc::default() })
     }
 
-    /// Writes the `datasets` tree from the stored entries (once, for data
-    /// directories made before it existed; before the writer starts).
-    fn summarise_datasets(&self) -> Result<()> {
-        let mut summaries = std::collections::BTreeMap::<Vec<u8>, DatasetSummary>::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let pairs = self.store.scan(Tree::Entries, &[], after.as_deref(), 256)?;
-            let Some((last, _)) = pairs.last() else { break };
-            after = Some(last.clone());
-            for (_, record) in pairs {
-                let stored = decode_record(record)?;
-                let e = &stored.entry;
-                let owner: OwnerId = e.owner_id.parse().map_err(|_| Error::corrupt("entries", "bad owner id"))?;
-                let model: ModelId = e.model_id.parse().map_err(|_| Error::corrupt("entries", "bad model id"))?;
-                summaries.entry(summary_key(&owner, &e.dataset)).or_default().add(
-                    model,
-                    e.code.len() as u64,
-                    e.created_unix_ms,
-                );
-            }
-        }
-        if !summaries.is_empty() {
-            tracing::info!(datasets = summaries.len(), "summarised the stored datasets for the web view");
-        }
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = summaries.into_iter().map(|(k, v)| (k, v.encode())).collect();
-        let mut writes: Vec<KeyValue<'_>> =
-            encoded.iter().map(|(k, v)| (Tree::Datasets, k.as_slice(), Some(v.as_slice()))).collect();
-        writes.push((Tree::Meta, META_DATASETS, Some(b"1")));
-        self.store.apply(&[(Tree::Meta, META_DATASETS, None)], &writes)?;
-        self.store.flush()
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// The sequence number of the next entry: one past the greatest ever assigned.
-    pub fn next_seq(&self) -> Result<u64> {
-        let recorded = match self.store.get(Tree::Meta, META_LAST_SEQ)? {
-            Some(v) => be_u64("meta", &v)?,
-            None => 0,
-        };
-        let indexed = match self.store.last(Tree::BySeq, &[])? {
-            Some((k, _)) => be_u64("by_seq", &k)?,
-            None => 0,
-        };
-        recorded.max(indexed).checked_add(1).ok_or_else(|| Error::corrupt("meta", "sequence numbers exhausted"))
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        Ok(self.store.kv().flush().await?)
     }
 
     // Owners.
 
-    pub fn owner(&self, id: &OwnerId) -> Result<Option<rpb::Owner>> {
+    pub async fn owner(&self, id: &OwnerId) -> Result<Option<rpb::Owner>> {
         self.store
-            .get(Tree::Owners, id.as_bytes())?
-            .map(|v| rpb::Owner::decode(v.as_slice()).map_err(|e| Error::corrupt("owners", e.to_string())))
+            .kv()
+            .get(&OWNERS, id.as_bytes())
+            .await?
+            .map(|v| rpb::Owner::decode(v.as_ref()).map_err(|e| corrupt("owners", e.to_string())))
             .transpose()
     }
 
     /// Stores an owner unless its id is taken; returns the record now stored.
-    pub fn put_owner(&self, id: &OwnerId, owner: &rpb::Owner) -> Result<rpb::Owner> {
-        let value = owner.encode_to_vec();
-        let key = id.as_bytes();
-        if self.store.apply(&[(Tree::Owners, key, None)], &[(Tree::Owners, key, Some(&value))])? {
-            self.store.flush()?;
-            return Ok(owner.clone());
+    pub async fn put_owner(&self, id: &OwnerId, owner: &rpb::Owner) -> Result<rpb::Owner> {
+        let kv = self.store.kv();
+        match kv.put_if_absent(&OWNERS, id.as_bytes(), owner.encode_to_vec().into()).await? {
+            Creation::Created => {
+                kv.flush().await?;
+                Ok(owner.clone())
+            }
+            Creation::AlreadyExists => {
+                self.owner(id).await?.ok_or_else(|| Error::Internal("owner vanished after registration".into()))
+            }
         }
-        self.owner(id)?.ok_or_else(|| Error::Internal("owner vanished after registration".into()))
+    }
+
+    /// Registered owners in id order after `after`.
+    pub async fn owners(&self, after: Option<&OwnerId>, limit: usize) -> Result<Vec<rpb::Owner>> {
+        let after = after.map(|o| o.as_bytes().to_vec());
+        self.store
+            .kv()
+            .list(&OWNERS, &[], after.as_deref(), limit)
+            .await?
+            .into_iter()
+            .map(|(_, v)| rpb::Owner::decode(v.as_ref()).map_err(|e| corrupt("owners", e.to_string())))
+            .collect()
     }
 
     // Models.
 
-    pub fn model(&self, id: &ModelId) -> Result<Option<rpb::ModelHeader>> {
+    pub async fn model(&self, id: &ModelId) -> Result<Option<rpb::ModelHeader>> {
         self.store
-            .get(Tree::Models, id.as_bytes())?
-            .map(|v| rpb::ModelHeader::decode(v.as_slice()).map_err(|e| Error::corrupt("models", e.to_string())))
+            .kv()
+            .get(&MODELS, id.as_bytes())
+            .await?
+            .map(|v| rpb::ModelHeader::decode(v.as_ref()).map_err(|e| corrupt("models", e.to_string())))
             .transpose()
     }
 
-    /// Stores a model's header and files in one write unless the model exists.
+    /// Stores a model's files, then its header unless the model exists (the
+    /// header is written last: a model is never visible without its files).
     /// Returns whether it was created.
-    pub fn put_model(&self, id: &ModelId, header: &rpb::ModelHeader, files: &[([u8; 32], Vec<u8>)]) -> Result<bool> {
-        let value = header.encode_to_vec();
-        let key = id.as_bytes();
-        let mut writes: Vec<KeyValue<'_>> =
-            files.iter().map(|(sha, data)| (Tree::Blobs, sha.as_slice(), Some(data.as_slice()))).collect();
-        writes.push((Tree::Models, key, Some(&value)));
-        let created = self.store.apply(&[(Tree::Models, key, None)], &writes)?;
-        if created {
-            self.store.flush()?;
+    pub async fn put_model(
+        &self,
+        id: &ModelId,
+        header: &rpb::ModelHeader,
+        files: Vec<([u8; 32], Bytes)>,
+    ) -> Result<bool> {
+        for (sha, data) in files {
+            let info = self.store.blobs().put_blob_bytes(data).await?;
+            if info.id.as_bytes() != &sha {
+                return Err(Error::Internal(format!(
+                    "a model file was stored as {} instead of {}",
+                    info.id,
+                    hex::encode(sha)
+                )));
+            }
         }
+        let kv = self.store.kv();
+        let created = kv.put_if_absent(&MODELS, id.as_bytes(), header.encode_to_vec().into()).await?.is_created();
+        kv.flush().await?;
         Ok(created)
     }
 
-    pub fn blob(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        self.store.get(Tree::Blobs, sha256)
+    /// A model file, as a stream of chunks checked against its hash; None when absent.
+    pub async fn blob(&self, sha256: &[u8; 32]) -> Result<Option<ambishare_db::Blob>> {
+        match self.store.blobs().get_blob(&BlobId::from_bytes(*sha256)).await {
+            Ok(blob) => Ok(Some(blob)),
+            Err(ambishare_db::Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A whole model file in memory (at most `max_len` bytes); None when absent.
+    pub async fn blob_bytes(&self, sha256: &[u8; 32], max_len: u64) -> Result<Option<Vec<u8>>> {
+        match self.store.blobs().get_blob_bytes(&BlobId::from_bytes(*sha256), max_len).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(ambishare_db::Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     // Entries.
 
-    pub fn entry(&self, id: &EntryId) -> Result<Option<StoredEntry>> {
-        self.store.get(Tree::Entries, id.as_bytes())?.map(decode_record).transpose()
+    pub async fn entry(&self, id: &EntryId) -> Result<Option<StoredEntry>> {
+        self.store.kv().get(&ENTRIES, id.as_bytes()).await?.map(StoredEntry::decode).transpose()
     }
 
-    pub fn is_deleted(&self, id: &EntryId) -> Result<bool> {
-        Ok(self.store.get(Tree::Deleted, id.as_bytes())?.is_some())
+    pub async fn is_deleted(&self, id: &EntryId) -> Result<bool> {
+        Ok(self.store.kv().get(&DELETED, id.as_bytes()).await?.is_some())
     }
 
-    /// Writes an entry and its index keys under sequence number `seq`, unless
-    /// its id is taken or was deleted. Not flushed: the writer flushes a group.
-    pub fn insert_entry(&self, seq: u64, e: &Prepared) -> Result<Inserted> {
-        let id = e.id.as_bytes().as_slice();
-        let record = [seq.to_be_bytes().as_slice(), &e.encoded].concat();
-        let (by_seq, by_owner, by_dataset) = index_keys(seq, &e.owner, e.dataset.as_str());
-        let summary_key = summary_key(&e.owner, e.dataset.as_str());
-        // A concurrent delete can change the answer (or the dataset's summary)
-        // between the attempt and the reads that explain its failure; the loop settles it.
-        for _ in 0..8 {
-            let old_summary = self.store.get(Tree::Datasets, &summary_key)?;
-            let mut summary = old_summary.as_deref().map(DatasetSummary::decode).transpose()?.unwrap_or_default();
-            summary.add(e.model, e.code_bytes, e.created_unix_ms);
-            let summary = summary.encode();
-            let writes: [KeyValue<'_>; 5] = [
-                (Tree::Entries, id, Some(&record)),
-                (Tree::BySeq, &by_seq, Some(id)),
-                (Tree::ByOwner, &by_owner, Some(id)),
-                (Tree::ByDataset, &by_dataset, Some(id)),
-                (Tree::Datasets, &summary_key, Some(&summary)),
-            ];
-            let preconditions: [KeyValue<'_>; 3] = [
-                (Tree::Entries, id, None),
-                (Tree::Deleted, id, None),
-                (Tree::Datasets, &summary_key, old_summary.as_deref()),
-            ];
-            if self.store.apply(&preconditions, &writes)? {
-                return Ok(Inserted::Stored);
-            }
-            if self.is_deleted(&e.id)? {
-                return Ok(Inserted::Refused(Error::FailedPrecondition(format!(
-                    "entry {} was deleted; its id cannot be published again",
-                    e.id
-                ))));
-            }
-            if let Some(existing) = self.store.get(Tree::Entries, id)? {
-                return Ok(match existing.get(8..) {
-                    Some(body) if body == e.encoded.as_slice() => Inserted::AlreadyStored,
-                    _ => Inserted::Refused(Error::AlreadyExists(format!(
-                        "entry {} is already stored with different content",
-                        e.id
-                    ))),
-                });
-            }
+    fn deleted_refusal(id: &EntryId) -> Inserted {
+        Inserted::Refused(Error::FailedPrecondition(format!(
+            "entry {id} was deleted; its id cannot be published again"
+        )))
+    }
+
+    /// Writes an entry, after its dataset marker and index keys, unless its id
+    /// is taken or was deleted. Not flushed: the writer flushes a group.
+    pub async fn insert_entry(&self, e: &Prepared) -> Result<Inserted> {
+        let kv = self.store.kv();
+        let id = e.id.as_bytes();
+        if let Some(existing) = kv.get(&ENTRIES, id).await? {
+            return Ok(Self::same_or_taken(e, &existing));
         }
-        Err(Error::Internal(format!("entry {} kept changing during its insertion", e.id)))
+        if self.is_deleted(&e.id).await? {
+            return Ok(Self::deleted_refusal(&e.id));
+        }
+        self.note_dataset(&e.owner, &e.dataset).await?;
+        let facts = Facts { code_bytes: e.code_bytes, created_unix_ms: e.created_unix_ms, model: e.model };
+        let keys = IndexKeys::of(&e.id, &e.owner, e.dataset.as_str(), &facts);
+        futures::try_join!(
+            kv.put(&BY_OWNER, &keys.by_owner, Bytes::new()),
+            kv.put(&BY_DATASET, &keys.by_dataset, Bytes::new()),
+        )?;
+        match kv.put_if_absent(&ENTRIES, id, e.encoded.clone()).await? {
+            Creation::Created => {
+                // A deletion racing this publish: the tombstone wins.
+                if self.is_deleted(&e.id).await? {
+                    kv.delete(&ENTRIES, id).await?;
+                    self.remove_index_keys(&keys, None).await?;
+                    return Ok(Self::deleted_refusal(&e.id));
+                }
+                Ok(Inserted::Stored)
+            }
+            Creation::AlreadyExists => match kv.get(&ENTRIES, id).await? {
+                Some(existing) => {
+                    let verdict = Self::same_or_taken(e, &existing);
+                    if matches!(verdict, Inserted::Refused(_)) {
+                        // Lost a race to other content under this id: take back
+                        // our index keys, unless they are also the winner's.
+                        let winner = StoredEntry::decode(existing)?.index_keys(&e.id)?;
+                        self.remove_index_keys(&keys, Some(&winner)).await?;
+                    }
+                    Ok(verdict)
+                }
+                None => Ok(Self::deleted_refusal(&e.id)),
+            },
+        }
     }
 
-    /// Removes an entry and its index keys and records its id as deleted, in
-    /// one write, provided the entry is still `stored`. Flushed. False when
-    /// something changed meanwhile (read the entry again and retry).
-    pub fn delete_entry(&self, id: &EntryId, stored: &StoredEntry, owner: &OwnerId, now_ms: i64) -> Result<bool> {
-        let key = id.as_bytes().as_slice();
-        let (by_seq, by_owner, by_dataset) = index_keys(stored.seq, owner, &stored.entry.dataset);
+    fn same_or_taken(e: &Prepared, existing: &[u8]) -> Inserted {
+        if existing == e.encoded.as_ref() {
+            Inserted::AlreadyStored
+        } else {
+            Inserted::Refused(Error::AlreadyExists(format!("entry {} is already stored with different content", e.id)))
+        }
+    }
+
+    /// Removes `keys`, except those `keep` also has.
+    async fn remove_index_keys(&self, keys: &IndexKeys, keep: Option<&IndexKeys>) -> Result<()> {
+        let kv = self.store.kv();
+        if keep.is_none_or(|k| k.by_owner != keys.by_owner) {
+            kv.delete(&BY_OWNER, &keys.by_owner).await?;
+        }
+        if keep.is_none_or(|k| k.by_dataset != keys.by_dataset) {
+            kv.delete(&BY_DATASET, &keys.by_dataset).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the marker of an owner's dataset unless this process saw it.
+    async fn note_dataset(&self, owner: &OwnerId, dataset: &DatasetName) -> Result<()> {
+        let key = dataset_key(owner, dataset.as_str());
+        if self.known_datasets.lock().is_ok_and(|known| known.contains(&key)) {
+            return Ok(());
+        }
+        let _ = self.store.kv().put_if_absent(&DATASETS, &key, Bytes::new()).await?;
+        if let Ok(mut known) = self.known_datasets.lock() {
+            if known.len() >= KNOWN_DATASETS {
+                known.clear();
+            }
+            known.insert(key);
+        }
+        Ok(())
+    }
+
+    /// Records `id` as deleted, then removes the entry `stored`, its index
+    /// keys and its thumbnail. Flushed. False when this id's tombstone was
+    /// already there (a deletion replayed, or finishing one that was cut short).
+    pub async fn delete_entry(&self, id: &EntryId, stored: &StoredEntry, owner: &OwnerId, now_ms: i64) -> Result<bool> {
+        let kv = self.store.kv();
+        let key = id.as_bytes();
+        let keys = stored.index_keys(id)?;
         let tombstone = [owner.as_bytes().as_slice(), &now_ms.to_be_bytes()].concat();
-        // The greatest sequence number ever assigned survives its entry, so
-        // it is never handed out again (publishes leave `Meta` alone: the
-        // greatest index key tells the rest).
-        let recorded = self.store.get(Tree::Meta, META_LAST_SEQ)?;
-        let recorded_seq = recorded.as_deref().map(|v| be_u64("meta", v)).transpose()?.unwrap_or(0);
-        let last_seq = recorded_seq.max(stored.seq).to_be_bytes();
-        let summary_key = summary_key(owner, &stored.entry.dataset);
-        let old_summary = self.store.get(Tree::Datasets, &summary_key)?;
-        let mut summary = old_summary.as_deref().map(DatasetSummary::decode).transpose()?.unwrap_or_default();
-        let model: ModelId = stored.entry.model_id.parse().map_err(|_| Error::corrupt("entries", "bad model id"))?;
-        summary.remove(&model, stored.entry.code.len() as u64);
-        // An emptied dataset leaves the home page.
-        let summary = (summary.entries > 0).then(|| summary.encode());
-        let writes: [KeyValue<'_>; 8] = [
-            (Tree::Entries, key, None),
-            (Tree::BySeq, &by_seq, None),
-            (Tree::ByOwner, &by_owner, None),
-            (Tree::ByDataset, &by_dataset, None),
-            (Tree::Deleted, key, Some(&tombstone)),
-            (Tree::Meta, META_LAST_SEQ, Some(&last_seq)),
-            (Tree::Datasets, &summary_key, summary.as_deref()),
-            (Tree::Thumbnails, key, None),
-        ];
-        let preconditions: [KeyValue<'_>; 3] = [
-            (Tree::Entries, key, Some(&stored.record)),
-            (Tree::Meta, META_LAST_SEQ, recorded.as_deref()),
-            (Tree::Datasets, &summary_key, old_summary.as_deref()),
-        ];
-        let deleted = self.store.apply(&preconditions, &writes)?;
-        if deleted {
-            self.store.flush()?;
-        }
-        Ok(deleted)
+        let created = kv.put_if_absent(&DELETED, key, tombstone.into()).await?.is_created();
+        kv.delete(&ENTRIES, key).await?;
+        self.remove_index_keys(&keys, None).await?;
+        kv.delete(&THUMBNAILS, key).await?;
+        kv.flush().await?;
+        Ok(created)
     }
 
-    /// Up to `limit` entries of `query` after `after`, in index order, and
-    /// no more record bytes than `max_bytes` (but always at least one entry):
+    /// Up to `limit` entries of `query` after `after`, in id order, and no
+    /// more record bytes than `max_bytes` (but always at least one entry):
     /// what one request holds in memory is bounded whatever the codes' sizes.
-    pub fn page(&self, query: &Query, after: Option<&Cursor>, limit: usize, max_bytes: usize) -> Result<Page> {
-        let (tree, prefix, cursor_len) = query.index();
-        let after_key = after.map(|c| [prefix.as_slice(), &c.0].concat());
-        let mut pairs = self.store.scan(tree, &prefix, after_key.as_deref(), limit.saturating_add(1))?;
-        let mut more = pairs.len() > limit;
-        pairs.truncate(limit);
-        let mut items = Vec::with_capacity(pairs.len());
-        let (mut bytes, mut last_key) = (0usize, None);
-        let count = pairs.len();
-        for (i, (key, id)) in pairs.into_iter().enumerate() {
-            if key.len() != prefix.len() + cursor_len {
-                return Err(Error::corrupt(tree.name(), "index key of the wrong length"));
+    pub async fn page(&self, query: &Query, after: Option<&Cursor>, limit: usize, max_bytes: usize) -> Result<Page> {
+        let index = query.index();
+        let after_key = after.map(|c| index.after_key(c));
+        let mut keys = self
+            .store
+            .kv()
+            .list_keys(index.namespace, &index.prefix, after_key.as_deref(), limit.saturating_add(1))
+            .await?;
+        let mut more = keys.len() > limit;
+        keys.truncate(limit);
+        let listed = keys.iter().map(|k| index.parse(k)).collect::<Result<Vec<_>>>()?;
+        let count = listed.len();
+        let mut reads = stream::iter(
+            listed.into_iter().map(|(cursor, id)| async move { self.entry(&id).await.map(|found| (cursor, found)) }),
+        )
+        .buffered(READ_AHEAD);
+        let (mut items, mut bytes, mut last, mut read) = (Vec::with_capacity(count), 0usize, None, 0usize);
+        while let Some((cursor, found)) = reads.try_next().await? {
+            read += 1;
+            // An index key without its entry (deleted since, or a publish cut
+            // short) or naming another owner's entry is skipped.
+            if let Some(stored) = found.filter(|s| query.admits(&s.entry)) {
+                bytes += stored.record.len();
+                items.push(stored);
             }
-            // An entry deleted since the index was read is skipped.
-            if let Some(record) = self.store.get(Tree::Entries, &id)? {
-                bytes += record.len();
-                items.push(decode_record(record)?);
-            }
-            last_key = Some(key);
-            if bytes >= max_bytes && i + 1 < count {
+            last = Some(cursor);
+            if bytes >= max_bytes && read < count {
                 more = true;
                 break;
             }
         }
-        let next = match last_key {
-            Some(k) if more => Some(Cursor(k.get(prefix.len()..).unwrap_or_default().to_vec())),
-            _ => None,
-        };
-        Ok(Page { items, next })
+        Ok(Page { items, next: if more { last } else { None } })
     }
 
-    /// Up to `limit` datasets in (owner, name) order after `after` (an owner
-    /// and a dataset name), with their summaries; `owner` restricts to one owner.
-    pub fn datasets(
+    /// The summary of one owner's dataset, from its index keys; None when it
+    /// holds no entry.
+    pub async fn dataset_summary(&self, owner: &OwnerId, dataset: &DatasetName) -> Result<Option<DatasetSummary>> {
+        let prefix = dataset_prefix(dataset.as_str(), Some(owner));
+        let (mut summary, mut after) = (DatasetSummary::default(), None::<Vec<u8>>);
+        loop {
+            let keys = self.store.kv().list_keys(&BY_DATASET, &prefix, after.as_deref(), WALK_PAGE).await?;
+            for key in &keys {
+                let facts = key
+                    .get(prefix.len() + 16..)
+                    .and_then(Facts::decode)
+                    .ok_or_else(|| corrupt("by_dataset", "a key without its facts"))?;
+                summary.add(&facts);
+            }
+            if keys.len() < WALK_PAGE {
+                break;
+            }
+            after = keys.into_iter().last();
+        }
+        Ok((summary.entries > 0).then_some(summary))
+    }
+
+    /// Up to `limit` datasets holding entries, in (owner, name) order after
+    /// `after` (an owner and a dataset name), with their summaries; `owner`
+    /// restricts to one owner.
+    pub async fn datasets(
         &self,
         owner: Option<&OwnerId>,
         after: Option<(&OwnerId, &DatasetName)>,
         limit: usize,
     ) -> Result<Vec<DatasetRow>> {
         let prefix = owner.map(|o| o.as_bytes().to_vec()).unwrap_or_default();
-        let after = after.map(|(o, d)| summary_key(o, d.as_str()));
-        let pairs = self.store.scan(Tree::Datasets, &prefix, after.as_deref(), limit)?;
-        pairs
-            .into_iter()
-            .map(|(key, value)| {
-                let bad = || Error::corrupt("datasets", "malformed key");
-                let (owner, dataset) = key.split_first_chunk::<16>().ok_or_else(bad)?;
-                let dataset = std::str::from_utf8(dataset).map_err(|_| bad())?.parse().map_err(|_| bad())?;
-                Ok(DatasetRow { owner: OwnerId::from_bytes(*owner), dataset, summary: DatasetSummary::decode(&value)? })
-            })
-            .collect()
+        let mut after = after.map(|(o, d)| dataset_key(o, d.as_str()));
+        let mut rows = Vec::new();
+        // Emptied datasets keep their marker; they are skipped, so a page may take more than one listing.
+        while rows.len() < limit {
+            let keys = self.store.kv().list_keys(&DATASETS, &prefix, after.as_deref(), limit).await?;
+            let names = keys
+                .iter()
+                .map(|key| {
+                    let bad = || corrupt("datasets", "malformed key");
+                    let (owner, dataset) = key.split_first_chunk::<16>().ok_or_else(bad)?;
+                    let dataset: DatasetName =
+                        std::str::from_utf8(dataset).map_err(|_| bad())?.parse().map_err(|_| bad())?;
+                    Ok((OwnerId::from_bytes(*owner), dataset))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let summaries: Vec<_> = stream::iter(names.into_iter().map(|(owner, dataset)| async move {
+                let summary = self.dataset_summary(&owner, &dataset).await?;
+                Ok::<_, Error>(summary.map(|summary| DatasetRow { owner, dataset, summary }))
+            }))
+            .buffered(8)
+            .try_collect()
+            .await?;
+            rows.extend(summaries.into_iter().flatten().take(limit - rows.len()));
+            if keys.len() < limit {
+                break;
+            }
+            after = keys.into_iter().last();
+        }
+        Ok(rows)
     }
 
-    pub fn dataset_summary(&self, owner: &OwnerId, dataset: &DatasetName) -> Result<Option<DatasetSummary>> {
-        self.store
-            .get(Tree::Datasets, &summary_key(owner, dataset.as_str()))?
-            .as_deref()
-            .map(DatasetSummary::decode)
-            .transpose()
-    }
-
-    /// Registered owners in id order after `after`.
-    pub fn owners(&self, after: Option<&OwnerId>, limit: usize) -> Result<Vec<rpb::Owner>> {
-        let after = after.map(|o| o.as_bytes().to_vec());
-        self.store
-            .scan(Tree::Owners, &[], after.as_deref(), limit)?
-            .into_iter()
-            .map(|(_, v)| rpb::Owner::decode(v.as_slice()).map_err(|e| Error::corrupt("owners", e.to_string())))
-            .collect()
-    }
-
-    pub fn thumbnail(&self, id: &EntryId) -> Result<Option<Vec<u8>>> {
-        self.store.get(Tree::Thumbnails, id.as_bytes())
+    pub async fn thumbnail(&self, id: &EntryId) -> Result<Option<Bytes>> {
+        Ok(self.store.kv().get(&THUMBNAILS, id.as_bytes()).await?)
     }
 
     /// Stores a thumbnail while its entry is still there (a deleted entry's
-    /// thumbnail is never written back).
-    pub fn put_thumbnail(&self, id: &EntryId, stored: &StoredEntry, thumbnail: &[u8]) -> Result<bool> {
-        let key = id.as_bytes().as_slice();
-        self.store.apply(&[(Tree::Entries, key, Some(&stored.record))], &[(Tree::Thumbnails, key, Some(thumbnail))])
+    /// thumbnail is taken back). False when the entry is gone.
+    pub async fn put_thumbnail(&self, id: &EntryId, thumbnail: Bytes) -> Result<bool> {
+        let kv = self.store.kv();
+        kv.put(&THUMBNAILS, id.as_bytes(), thumbnail).await?;
+        if kv.get(&ENTRIES, id.as_bytes()).await?.is_none() {
+            kv.delete(&THUMBNAILS, id.as_bytes()).await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
-    /// Counts of what the store holds.
-    pub fn stats(&self) -> Result<Stats> {
-        Ok(Stats {
-            entries: self.store.len(Tree::Entries)?,
-            owners: self.store.len(Tree::Owners)?,
-            models: self.store.len(Tree::Models)?,
-            blobs: self.store.len(Tree::Blobs)?,
-            deleted: self.store.len(Tree::Deleted)?,
-            next_seq: self.next_seq()?,
-            size_on_disk: self.store.size_on_disk()?,
-        })
+    /// Counts of what the store holds (walks every namespace).
+    pub async fn stats(&self) -> Result<Stats> {
+        let (entries, owners, models, deleted, thumbnails, datasets) = futures::try_join!(
+            self.count(&ENTRIES),
+            self.count(&OWNERS),
+            self.count(&MODELS),
+            self.count(&DELETED),
+            self.count(&THUMBNAILS),
+            self.count(&DATASETS),
+        )?;
+        Ok(Stats { entries, owners, models, deleted, thumbnails, datasets })
+    }
+
+    async fn count(&self, namespace: &Namespace) -> Result<u64> {
+        let (mut count, mut after) = (0u64, None::<Vec<u8>>);
+        loop {
+            let keys = self.store.kv().list_keys(namespace, &[], after.as_deref(), WALK_PAGE).await?;
+            count += keys.len() as u64;
+            if keys.len() < WALK_PAGE {
+                return Ok(count);
+            }
+            after = keys.into_iter().last();
+        }
+    }
+}
+
+/// Problems listed by [`Db::check`] at most (the count is always exact).
+const MAX_LISTED_PROBLEMS: usize = 20;
+
+/// What [`Db::check`] read and found.
+#[derive(Debug, Default)]
+pub struct StoreCheck {
+    /// Every stored entry that decodes, by id.
+    pub entries: std::collections::BTreeMap<EntryId, StoredEntry>,
+    /// Index keys whose entry is not stored: left by a publish cut short
+    /// (readers skip them; a retry of the publish completes it), not a fault.
+    pub orphan_index_keys: u64,
+    /// Faults, at most [`MAX_LISTED_PROBLEMS`] described.
+    pub problems: Vec<String>,
+    pub problem_count: usize,
+}
+
+impl StoreCheck {
+    fn problem(&mut self, text: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_LISTED_PROBLEMS {
+            self.problems.push(text);
+        }
+    }
+}
+
+impl Db {
+    /// Reads the whole store and checks what the write order guarantees:
+    /// every entry decodes, is stored under its own id and has both index
+    /// keys; every index key parses and names the entry's owner and dataset
+    /// when that entry is stored. Meant for a stopped registry or a quiet store.
+    pub async fn check(&self) -> Result<StoreCheck> {
+        let kv = self.store.kv();
+        let mut check = StoreCheck::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = kv.list(&ENTRIES, &[], after.as_deref(), WALK_PAGE).await?;
+            let done = page.len() < WALK_PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            for (key, record) in page {
+                let id = match key.as_slice().try_into().ok().map(EntryId::from_bytes) {
+                    Some(Ok(id)) => id,
+                    _ => {
+                        check.problem(format!("entries: a key of {} bytes is not an entry id", key.len()));
+                        continue;
+                    }
+                };
+                let stored = match StoredEntry::decode(record) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        check.problem(format!("entry {id}: {e}"));
+                        continue;
+                    }
+                };
+                if stored.entry.entry_id != id.to_string() {
+                    check.problem(format!("entry {id}: stored under another id than its own"));
+                }
+                match stored.index_keys(&id) {
+                    Ok(keys) => {
+                        for (namespace, key) in [(&BY_OWNER, &keys.by_owner), (&BY_DATASET, &keys.by_dataset)] {
+                            if kv.get(namespace, key).await?.is_none() {
+                                check.problem(format!("entry {id} lacks its {namespace} key"));
+                            }
+                        }
+                    }
+                    Err(e) => check.problem(format!("entry {id}: {e}")),
+                }
+                check.entries.insert(id, stored);
+            }
+            if done {
+                break;
+            }
+        }
+        for (namespace, id_at, len) in [(&BY_OWNER, 16, 32), (&BY_DATASET, usize::MAX, 0)] {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let keys = kv.list_keys(namespace, &[], after.as_deref(), WALK_PAGE).await?;
+                let done = keys.len() < WALK_PAGE;
+                after = keys.last().cloned();
+                for key in keys {
+                    // by_owner: owner ++ id; by_dataset: dataset \0 owner id facts.
+                    let parsed = if id_at == 16 {
+                        (key.len() == len).then(|| (&key[..16], &key[16..32], None))
+                    } else {
+                        key.iter().position(|&b| b == 0).and_then(|zero| {
+                            (key.len() == zero + 1 + 32 + FACTS_LEN)
+                                .then(|| (&key[zero + 1..zero + 17], &key[zero + 17..zero + 33], Some(&key[..zero])))
+                        })
+                    };
+                    let Some((owner, id, dataset)) = parsed else {
+                        check.problem(format!("{namespace}: a malformed key of {} bytes", key.len()));
+                        continue;
+                    };
+                    let Some(Ok(id)) = <[u8; 16]>::try_from(id).ok().map(EntryId::from_bytes) else {
+                        check.problem(format!("{namespace}: a key without an entry id"));
+                        continue;
+                    };
+                    let Some(stored) = check.entries.get(&id) else {
+                        check.orphan_index_keys += 1;
+                        continue;
+                    };
+                    let owner_matches = stored.owner().is_ok_and(|o| o.as_bytes() == owner);
+                    let dataset_matches = dataset.is_none_or(|d| d == stored.entry.dataset.as_bytes());
+                    if !owner_matches || !dataset_matches {
+                        check.problem(format!("{namespace}: a key of entry {id} names another owner or dataset"));
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        Ok(check)
     }
 }
 
@@ -572,10 +843,10 @@ pub struct Stats {
     pub entries: u64,
     pub owners: u64,
     pub models: u64,
-    pub blobs: u64,
     pub deleted: u64,
-    pub next_seq: u64,
-    pub size_on_disk: u64,
+    pub thumbnails: u64,
+    /// Datasets ever published in (emptied ones included).
+    pub datasets: u64,
 }
 
 impl std::fmt::Display for Stats {
@@ -583,10 +854,9 @@ impl std::fmt::Display for Stats {
         writeln!(f, "entries       {}", self.entries)?;
         writeln!(f, "owners        {}", self.owners)?;
         writeln!(f, "models        {}", self.models)?;
-        writeln!(f, "model files   {}", self.blobs)?;
+        writeln!(f, "datasets      {}", self.datasets)?;
         writeln!(f, "deleted ids   {}", self.deleted)?;
-        writeln!(f, "next sequence {}", self.next_seq)?;
-        write!(f, "size on disk  {} bytes", self.size_on_disk)
+        write!(f, "thumbnails    {}", self.thumbnails)
     }
 }
 
@@ -594,7 +864,6 @@ impl std::fmt::Display for Stats {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
 
     fn prepared(owner: OwnerId, dataset: &str, code: &[u8]) -> Prepared {
         let id = EntryId::new();
@@ -614,170 +883,257 @@ mod tests {
             model: ModelId::from_bytes([7; 32]),
             created_unix_ms: 1_000 + i64::from(code.len() as u8),
             code_bytes: code.len() as u64,
-            encoded: entry.encode_to_vec(),
+            encoded: entry.encode_to_vec().into(),
         }
     }
 
-    fn db() -> Db {
-        Db::open(Arc::new(MemoryStore::new())).unwrap()
+    async fn db() -> Db {
+        Db::open(Store::new(Arc::new(ambishare_db::MemoryStore::new()))).await.unwrap()
     }
 
-    #[test]
-    fn insert_writes_entry_and_indexes_together_and_is_idempotent() {
-        let db = db();
+    async fn keys(db: &Db, namespace: &Namespace) -> usize {
+        db.store().kv().list_keys(namespace, &[], None, 1000).await.unwrap().len()
+    }
+
+    fn ids(page: &Page) -> Vec<String> {
+        page.items.iter().map(|s| s.entry.entry_id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn insert_writes_entry_and_indexes_and_is_idempotent() {
+        let db = db().await;
         let owner = OwnerId::from_bytes([1; 16]);
         let e = prepared(owner, "faces", b"body");
-        assert!(matches!(db.insert_entry(1, &e).unwrap(), Inserted::Stored));
-        assert!(matches!(db.insert_entry(2, &e).unwrap(), Inserted::AlreadyStored));
+        assert!(matches!(db.insert_entry(&e).await.unwrap(), Inserted::Stored));
+        assert!(matches!(db.insert_entry(&e).await.unwrap(), Inserted::AlreadyStored));
         let other = Prepared { encoded: prepared(owner, "faces", b"other").encoded, ..e.clone() };
-        assert!(matches!(db.insert_entry(2, &other).unwrap(), Inserted::Refused(Error::AlreadyExists(_))));
-        for tree in [Tree::Entries, Tree::BySeq, Tree::ByOwner, Tree::ByDataset] {
-            assert_eq!(db.store().len(tree).unwrap(), 1, "{tree}");
+        assert!(matches!(db.insert_entry(&other).await.unwrap(), Inserted::Refused(Error::AlreadyExists(_))));
+        for namespace in [&ENTRIES, &BY_OWNER, &BY_DATASET, &DATASETS] {
+            assert_eq!(keys(&db, namespace).await, 1, "{namespace}");
         }
-        assert_eq!(db.next_seq().unwrap(), 2);
     }
 
-    #[test]
-    fn delete_removes_every_key_and_blocks_reuse() {
-        let db = db();
+    #[tokio::test]
+    async fn concurrent_inserts_of_one_entry_store_it_once() {
+        let db = db().await;
+        let e = prepared(OwnerId::from_bytes([1; 16]), "faces", b"body");
+        let verdicts = futures::future::join_all((0..8).map(|_| db.insert_entry(&e))).await;
+        let stored = verdicts.iter().filter(|v| matches!(v, Ok(Inserted::Stored))).count();
+        let already = verdicts.iter().filter(|v| matches!(v, Ok(Inserted::AlreadyStored))).count();
+        assert_eq!((stored, already), (1, 7));
+        assert_eq!(keys(&db, &BY_DATASET).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_losing_racer_takes_back_only_its_own_index_keys() {
+        let db = db().await;
+        let (a, b) = (OwnerId::from_bytes([1; 16]), OwnerId::from_bytes([2; 16]));
+        let winner = prepared(a, "faces", b"body");
+        db.insert_entry(&winner).await.unwrap();
+        // Another owner's entry claiming the same id, in another dataset: refused, and
+        // the listing of that dataset does not show the winner through a stray key.
+        let loser = Prepared { id: winner.id, ..prepared(b, "cats", b"other") };
+        let loser = Prepared {
+            encoded: {
+                let mut e = pb::Entry::decode(loser.encoded.as_ref()).unwrap();
+                e.entry_id = winner.id.to_string();
+                e.encode_to_vec().into()
+            },
+            ..loser
+        };
+        assert!(matches!(db.insert_entry(&loser).await.unwrap(), Inserted::Refused(Error::AlreadyExists(_))));
+        assert_eq!(keys(&db, &BY_DATASET).await, 1);
+        let cats = Query { owner: Some(b), dataset: Some("cats".parse().unwrap()) };
+        assert!(db.page(&cats, None, 10, usize::MAX).await.unwrap().items.is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_removes_every_key_and_blocks_reuse() {
+        let db = db().await;
         let owner = OwnerId::from_bytes([1; 16]);
         let e = prepared(owner, "faces", b"body");
-        db.insert_entry(7, &e).unwrap();
-        let stored = db.entry(&e.id).unwrap().unwrap();
-        assert_eq!(stored.seq, 7);
-        assert!(db.delete_entry(&e.id, &stored, &owner, 1).unwrap());
-        assert!(!db.delete_entry(&e.id, &stored, &owner, 1).unwrap(), "second delete applied");
-        for tree in [Tree::Entries, Tree::BySeq, Tree::ByOwner, Tree::ByDataset] {
-            assert!(db.store().is_empty(tree).unwrap(), "{tree}");
+        db.insert_entry(&e).await.unwrap();
+        let stored = db.entry(&e.id).await.unwrap().unwrap();
+        assert!(db.put_thumbnail(&e.id, Bytes::from_static(b"jpeg")).await.unwrap());
+        assert!(db.delete_entry(&e.id, &stored, &owner, 1).await.unwrap());
+        assert!(!db.delete_entry(&e.id, &stored, &owner, 1).await.unwrap(), "second delete created a tombstone");
+        for namespace in [&ENTRIES, &BY_OWNER, &BY_DATASET, &THUMBNAILS] {
+            assert_eq!(keys(&db, namespace).await, 0, "{namespace}");
         }
-        assert!(matches!(db.insert_entry(8, &e).unwrap(), Inserted::Refused(Error::FailedPrecondition(_))));
-        // The deleted sequence number is never handed out again.
-        assert_eq!(db.next_seq().unwrap(), 8);
+        assert!(db.is_deleted(&e.id).await.unwrap());
+        assert!(matches!(db.insert_entry(&e).await.unwrap(), Inserted::Refused(Error::FailedPrecondition(_))));
+        assert!(!db.put_thumbnail(&e.id, Bytes::from_static(b"jpeg")).await.unwrap(), "thumbnail of a deleted entry");
+        assert_eq!(keys(&db, &THUMBNAILS).await, 0);
     }
 
-    #[test]
-    fn pages_follow_the_index_and_tokens_round_trip() {
-        let db = db();
+    #[tokio::test]
+    async fn pages_follow_id_order_and_tokens_round_trip() {
+        let db = db().await;
         let (a, b) = (OwnerId::from_bytes([0xaa; 16]), OwnerId::from_bytes([0xbb; 16]));
+        let mut published = Vec::new();
         for i in 0..10u8 {
             let (owner, ds) = if i % 2 == 0 { (a, "faces") } else { (b, "cats") };
-            db.insert_entry(u64::from(i) + 1, &prepared(owner, ds, &[i])).unwrap();
+            let e = prepared(owner, ds, &[i]);
+            db.insert_entry(&e).await.unwrap();
+            published.push(e.id.to_string());
         }
+        // UUIDv7 ids of one process sort in creation order.
+        let all = db.page(&Query::default(), None, 100, usize::MAX).await.unwrap();
+        assert_eq!(ids(&all), published);
         let query = Query { owner: Some(a), dataset: None };
-        let first = db.page(&query, None, 3, usize::MAX).unwrap();
-        assert_eq!(first.items.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 3, 5]);
+        let first = db.page(&query, None, 3, usize::MAX).await.unwrap();
+        let of_a: Vec<String> = published.iter().step_by(2).cloned().collect();
+        assert_eq!(ids(&first), of_a[..3]);
         let token = first.next.unwrap().token();
         let cursor = query.parse_token(&token).unwrap();
-        let second = db.page(&query, Some(&cursor), 3, usize::MAX).unwrap();
-        assert_eq!(second.items.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![7, 9]);
+        let second = db.page(&query, Some(&cursor), 3, usize::MAX).await.unwrap();
+        assert_eq!(ids(&second), of_a[3..]);
         assert!(second.next.is_none());
+        for dataset_query in [
+            Query { owner: None, dataset: Some("cats".parse().unwrap()) },
+            Query { owner: Some(b), dataset: Some("cats".parse().unwrap()) },
+        ] {
+            let page = db.page(&dataset_query, None, 100, usize::MAX).await.unwrap();
+            assert_eq!(page.items.len(), 5);
+            let id: EntryId = page.items[1].entry.entry_id.parse().unwrap();
+            let cursor = dataset_query.cursor_after(&id, &page.items[1]).unwrap();
+            let rest = db.page(&dataset_query, Some(&cursor), 100, usize::MAX).await.unwrap();
+            assert_eq!(ids(&rest), ids(&page)[2..]);
+        }
         let by_dataset = Query { owner: None, dataset: Some("cats".parse().unwrap()) };
-        let page = db.page(&by_dataset, None, 100, usize::MAX).unwrap();
-        assert_eq!(page.items.len(), 5);
-        let cursor = by_dataset.cursor_after(&page.items[1]).unwrap();
-        assert_eq!(db.page(&by_dataset, Some(&cursor), 100, usize::MAX).unwrap().items.len(), 3);
-        assert!(by_dataset.parse_token(&token).is_err(), "8-byte token accepted for a 24-byte cursor");
+        assert!(by_dataset.parse_token(&token).is_err(), "16-byte token accepted for a 32-byte cursor");
         assert!(query.parse_token("zz").is_err());
-        assert!(query.parse_token("zzzzzzzzzzzzzzzz").is_err());
+        assert!(query.parse_token(&"z".repeat(32)).is_err());
     }
 
-    #[test]
-    fn pages_stop_at_their_byte_budget_and_resume_where_they_stopped() {
-        let db = db();
+    #[tokio::test]
+    async fn pages_stop_at_their_byte_budget_and_resume_where_they_stopped() {
+        let db = db().await;
         let owner = OwnerId::from_bytes([0xaa; 16]);
         for i in 0..6u8 {
-            db.insert_entry(u64::from(i) + 1, &prepared(owner, "faces", &[i])).unwrap();
+            db.insert_entry(&prepared(owner, "faces", &[i])).await.unwrap();
         }
         let query = Query { owner: Some(owner), dataset: None };
-        let one = db.page(&query, None, 1, usize::MAX).unwrap().items[0].record.len();
+        let one = db.page(&query, None, 1, usize::MAX).await.unwrap().items[0].record.len();
         // A budget of two records and a bit: pages of three (the third crosses it).
-        let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+        let (mut seen, mut after, mut pages) = (0, None, 0);
         loop {
-            let page = db.page(&query, after.as_ref(), 100, 2 * one + 1).unwrap();
+            let page = db.page(&query, after.as_ref(), 100, 2 * one + 1).await.unwrap();
             pages += 1;
             assert!(!page.items.is_empty());
-            seen.extend(page.items.iter().map(|s| s.seq));
+            seen += page.items.len();
             match page.next {
                 Some(next) => after = Some(next),
                 None => break,
             }
         }
-        assert_eq!(seen, (1..=6).collect::<Vec<_>>());
-        assert_eq!(pages, 2);
+        assert_eq!((seen, pages), (6, 2));
         // A budget smaller than one record still makes progress, one entry a page.
-        let page = db.page(&query, None, 100, 1).unwrap();
+        let page = db.page(&query, None, 100, 1).await.unwrap();
         assert_eq!((page.items.len(), page.next.is_some()), (1, true));
     }
 
-    #[test]
-    fn refuses_corrupt_records() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let db = Db::open(store.clone()).unwrap();
-        let id = EntryId::new();
-        store.apply(&[], &[(Tree::Entries, id.as_bytes(), Some(b"short"))]).unwrap();
-        assert!(matches!(db.entry(&id), Err(Error::Corrupt { .. })));
-        store.apply(&[], &[(Tree::Entries, id.as_bytes(), Some(b"\0\0\0\0\0\0\0\x01\xff\xff"))]).unwrap();
-        assert!(matches!(db.entry(&id), Err(Error::Corrupt { .. })));
+    #[tokio::test]
+    async fn index_keys_without_their_entry_are_skipped() {
+        let db = db().await;
+        let owner = OwnerId::from_bytes([0xaa; 16]);
+        let e = prepared(owner, "faces", b"x");
+        db.insert_entry(&e).await.unwrap();
+        // A publish cut short after its index keys.
+        let ghost = prepared(owner, "faces", b"y");
+        let facts = Facts { code_bytes: 1, created_unix_ms: 1, model: ghost.model };
+        let keys = IndexKeys::of(&ghost.id, &owner, "faces", &facts);
+        db.store().kv().put(&BY_OWNER, &keys.by_owner, Bytes::new()).await.unwrap();
+        let page = db.page(&Query { owner: Some(owner), dataset: None }, None, 10, usize::MAX).await.unwrap();
+        assert_eq!(ids(&page), vec![e.id.to_string()]);
+        // Its retry completes it.
+        assert!(matches!(db.insert_entry(&ghost).await.unwrap(), Inserted::Stored));
+        assert_eq!(
+            db.page(&Query { owner: Some(owner), dataset: None }, None, 10, usize::MAX).await.unwrap().items.len(),
+            2
+        );
     }
 
-    #[test]
-    fn dataset_summaries_follow_inserts_and_deletes_and_are_rebuilt_for_old_stores() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let db = Db::open(store.clone()).unwrap();
+    #[tokio::test]
+    async fn refuses_corrupt_records() {
+        let db = db().await;
+        let id = EntryId::new();
+        db.store().kv().put(&ENTRIES, id.as_bytes(), Bytes::from_static(b"\xff\xff")).await.unwrap();
+        assert!(matches!(db.entry(&id).await, Err(Error::Corrupt { .. })));
+        // An index key of the wrong length.
+        let owner = OwnerId::from_bytes([3; 16]);
+        let bad = [owner.as_bytes().as_slice(), b"short"].concat();
+        db.store().kv().put(&BY_OWNER, &bad, Bytes::new()).await.unwrap();
+        let page = db.page(&Query { owner: Some(owner), dataset: None }, None, 10, usize::MAX).await;
+        assert!(matches!(page, Err(Error::Corrupt { .. })));
+    }
+
+    #[tokio::test]
+    async fn dataset_summaries_follow_inserts_and_deletes() {
+        let db = db().await;
         let (a, b) = (OwnerId::from_bytes([0xaa; 16]), OwnerId::from_bytes([0xbb; 16]));
         let first = prepared(a, "faces", b"abc");
-        db.insert_entry(1, &first).unwrap();
-        db.insert_entry(2, &prepared(a, "faces", b"defgh")).unwrap();
-        db.insert_entry(3, &prepared(b, "cats", b"x")).unwrap();
+        db.insert_entry(&first).await.unwrap();
+        db.insert_entry(&prepared(a, "faces", b"defgh")).await.unwrap();
+        let cats = prepared(b, "cats", b"x");
+        db.insert_entry(&cats).await.unwrap();
         // The same entry again changes nothing.
-        assert!(matches!(db.insert_entry(4, &first).unwrap(), Inserted::AlreadyStored));
-        let rows = db.datasets(None, None, 10).unwrap();
+        assert!(matches!(db.insert_entry(&first).await.unwrap(), Inserted::AlreadyStored));
+        let rows = db.datasets(None, None, 10).await.unwrap();
         let names: Vec<_> = rows.iter().map(|r| (r.owner, r.dataset.as_str().to_owned())).collect();
         assert_eq!(names, vec![(a, "faces".to_owned()), (b, "cats".to_owned())]);
         let faces = &rows[0].summary;
         assert_eq!((faces.entries, faces.code_bytes, faces.last_created_unix_ms), (2, 8, 1_005));
         assert_eq!(faces.models, vec![(ModelId::from_bytes([7; 32]), 2)]);
-        assert_eq!(db.datasets(Some(&b), None, 10).unwrap().len(), 1);
-        assert_eq!(db.datasets(None, Some((&a, &"faces".parse().unwrap())), 10).unwrap()[0].owner, b);
+        assert_eq!(db.datasets(Some(&b), None, 10).await.unwrap().len(), 1);
+        assert_eq!(db.datasets(None, Some((&a, &"faces".parse().unwrap())), 10).await.unwrap()[0].owner, b);
 
-        let stored = db.entry(&first.id).unwrap().unwrap();
-        db.put_thumbnail(&first.id, &stored, b"jpeg").unwrap();
-        assert!(db.delete_entry(&first.id, &stored, &a, 9).unwrap());
-        assert!(db.thumbnail(&first.id).unwrap().is_none(), "a deleted entry's thumbnail stays");
-        assert!(!db.put_thumbnail(&first.id, &stored, b"jpeg").unwrap(), "thumbnail written for a deleted entry");
-        let faces = db.datasets(Some(&a), None, 10).unwrap().remove(0).summary;
+        let stored = db.entry(&first.id).await.unwrap().unwrap();
+        assert!(db.delete_entry(&first.id, &stored, &a, 9).await.unwrap());
+        let faces = db.datasets(Some(&a), None, 10).await.unwrap().remove(0).summary;
         assert_eq!((faces.entries, faces.code_bytes), (1, 5));
-
-        // A store from before the summaries: they are rebuilt when it is opened.
-        let expected = db.datasets(None, None, 10).unwrap();
-        let keys: Vec<Vec<u8>> = store.scan(Tree::Datasets, &[], None, 100).unwrap().into_iter().map(|p| p.0).collect();
-        let mut removals: Vec<KeyValue<'_>> = keys.iter().map(|k| (Tree::Datasets, k.as_slice(), None)).collect();
-        removals.push((Tree::Meta, META_DATASETS, None));
-        store.apply(&[], &removals).unwrap();
-        assert!(Db::open(store.clone()).unwrap().datasets(None, None, 10).unwrap() == expected);
         // An emptied dataset disappears.
-        let db = Db::open(store).unwrap();
-        let cats = db.page(&Query { owner: Some(b), dataset: None }, None, 10, usize::MAX).unwrap().items.remove(0);
-        let cats_id: EntryId = cats.entry.entry_id.parse().unwrap();
-        assert!(db.delete_entry(&cats_id, &cats, &b, 10).unwrap());
-        assert_eq!(db.datasets(None, None, 10).unwrap().len(), 1);
+        let stored = db.entry(&cats.id).await.unwrap().unwrap();
+        assert!(db.delete_entry(&cats.id, &stored, &b, 10).await.unwrap());
+        assert_eq!(db.datasets(None, None, 10).await.unwrap().len(), 1);
+        assert!(db.dataset_summary(&b, &"cats".parse().unwrap()).await.unwrap().is_none());
+        // A page of one skips the emptied one and still finds the next.
+        assert_eq!(db.datasets(None, None, 1).await.unwrap().len(), 1);
     }
 
-    #[test]
-    fn refuses_malformed_dataset_summaries() {
-        assert!(DatasetSummary::decode(b"short").is_err());
-        let mut bytes =
-            DatasetSummary { entries: 1, models: vec![(ModelId::from_bytes([1; 32]), 1)], ..Default::default() }
-                .encode();
-        assert!(DatasetSummary::decode(&bytes).is_ok());
-        bytes.pop();
-        assert!(DatasetSummary::decode(&bytes).is_err());
+    #[tokio::test]
+    async fn models_are_visible_only_with_their_files() {
+        let db = db().await;
+        let file = Bytes::from(vec![5u8; 3 << 20]);
+        let sha: [u8; 32] = ring_sha256(&file);
+        let header = rpb::ModelHeader { owner_id: "o".into(), ..Default::default() };
+        let id = ModelId::from_bytes([9; 32]);
+        assert!(db.put_model(&id, &header, vec![(sha, file.clone())]).await.unwrap());
+        assert!(!db.put_model(&id, &header, vec![(sha, file.clone())]).await.unwrap(), "created twice");
+        assert_eq!(db.model(&id).await.unwrap(), Some(header));
+        assert_eq!(db.blob_bytes(&sha, 4 << 20).await.unwrap().as_deref(), Some(file.as_ref()));
+        assert!(db.blob_bytes(&[0; 32], 4 << 20).await.unwrap().is_none());
+        // A file that is not what its hash says is refused before the header is written.
+        let other = ModelId::from_bytes([8; 32]);
+        assert!(db.put_model(&other, &rpb::ModelHeader::default(), vec![([1; 32], file)]).await.is_err());
+        assert!(db.model(&other).await.unwrap().is_none());
     }
 
-    #[test]
-    fn refuses_a_foreign_schema() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        store.apply(&[], &[(Tree::Meta, META_SCHEMA, Some(b"other/9"))]).unwrap();
-        assert!(matches!(Db::open(store), Err(Error::Config(_))));
+    fn ring_sha256(data: &[u8]) -> [u8; 32] {
+        *BlobId::of(data).as_bytes()
+    }
+
+    #[tokio::test]
+    async fn refuses_a_foreign_schema_and_unversioned_records() {
+        let store = Store::new(Arc::new(ambishare_db::MemoryStore::new()));
+        store.kv().put(&META, META_SCHEMA, Bytes::from_static(b"ambishare-registry/1")).await.unwrap();
+        assert!(matches!(Db::open(store).await, Err(Error::Config(_))));
+        let store = Store::new(Arc::new(ambishare_db::MemoryStore::new()));
+        store.kv().put(&ENTRIES, &[1; 16], Bytes::from_static(b"x")).await.unwrap();
+        assert!(matches!(Db::open(store.clone()).await, Err(Error::Config(_))));
+        // Opening a new store twice (two replicas) is fine.
+        let store = Store::new(Arc::new(ambishare_db::MemoryStore::new()));
+        Db::open(store.clone()).await.unwrap();
+        Db::open(store).await.unwrap();
     }
 }

@@ -40,9 +40,10 @@ pub enum Error {
     #[error("the registry is shutting down")]
     ShuttingDown,
 
-    /// The storage backend failed.
+    /// The storage backend failed ([`ambishare_db::Error::is_retryable`] tells
+    /// a transient fault, answered `UNAVAILABLE`, from a lasting one).
     #[error("storage: {0}")]
-    Store(String),
+    Storage(#[from] ambishare_db::Error),
     /// A stored record does not parse: the data directory is damaged.
     #[error("corrupt record in {tree}: {reason}")]
     Corrupt { tree: &'static str, reason: String },
@@ -104,8 +105,9 @@ impl Error {
             Error::NotSigned(_) | Error::BadSignature(_) | Error::UnknownSigner(_) => Code::Unauthenticated,
             Error::Forbidden(_) => Code::PermissionDenied,
             Error::ShuttingDown => Code::Unavailable,
+            Error::Storage(e) if e.is_retryable() => Code::Unavailable,
             Error::Rpc(status) => status.code(),
-            Error::Store(_)
+            Error::Storage(_)
             | Error::Corrupt { .. }
             | Error::Config(_)
             | Error::Io { .. }
@@ -154,6 +156,10 @@ impl From<Error> for Status {
                 info!(error = %e, "request refused");
                 Status::unavailable(e.to_string())
             }
+            Error::Storage(e) if e.is_retryable() => {
+                warn!(error = %e, "storage unavailable");
+                Status::unavailable("storage temporarily unavailable; try again")
+            }
             e if e.is_caller_fault() => {
                 info!(error = %e, ?code, "request refused");
                 Status::new(code, e.to_string())
@@ -173,11 +179,17 @@ mod tests {
 
     #[test]
     fn internal_errors_do_not_leak() {
-        let status = Status::from(Error::Store("disk /var/lib/x on fire".into()));
+        let fault = ambishare_db::Error::Backend { op: "put", source: "disk /var/lib/x on fire".into() };
+        let status = Status::from(Error::Storage(fault));
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error");
         let status = Status::from(Error::corrupt("entries", "short record"));
         assert_eq!(status.message(), "internal error");
+        let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "s3 at 10.0.0.7 timed out");
+        let status =
+            Status::from(Error::Storage(ambishare_db::Error::Unavailable { op: "get", source: timeout.into() }));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("10.0.0.7"), "{}", status.message());
     }
 
     #[test]

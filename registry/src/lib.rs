@@ -2,9 +2,11 @@
 //!
 //! Owners register an Ed25519 key, publish their models and then signed
 //! entries; anyone reads. Entries are checked at the edge ([`service`]),
-//! written by a single group-committing writer ([`writer`]) into a [`Store`]
-//! (sled by default) together with their indexes ([`db`]), and acknowledged
-//! only once flushed. [`serve`] runs the gRPC endpoint with health, reflection
+//! written by a group-committing writer ([`writer`]) into a [`Store`] of
+//! `ambishare-db` (sled by default; S3 to scale out) together with their
+//! indexes ([`db`]), and acknowledged only once flushed. Nothing is held
+//! in one process that another would need: any number of registries on one
+//! S3 store serve the same data. [`serve`] runs the gRPC endpoint with health, reflection
 //! and an optional Prometheus endpoint. Its typed client is in `ambishare-rpc`
 //! (the other nodes link that, never this crate).
 
@@ -24,16 +26,16 @@ mod db;
 pub mod error;
 pub mod metrics;
 mod service;
-pub mod store;
 pub mod tls_cert;
 pub mod web;
 mod writer;
 
+pub use ambishare_db::{Store, StoreConfig};
+pub use config::Engine;
 pub use config::{Cli, Command, Config, Limits};
-pub use db::{DatasetSummary, Stats};
+pub use db::{DatasetSummary, Stats, StoreCheck, StoredEntry};
 pub use error::{Error, Result};
 pub use service::RegistryApi;
-pub use store::{Engine, Store};
 
 use crate::db::Db;
 use crate::metrics::Metrics;
@@ -45,18 +47,17 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Opens the store the configuration names (blocking: call off the async runtime
-    /// or accept a short stall) and starts the writer.
-    pub fn open(config: &Config) -> Result<Self> {
-        let store = store::open(config.engine, &config.data_dir, config.sled_options())?;
-        Self::with_store(store, config.limits())
+    /// Opens the store the configuration names and starts the writer.
+    pub async fn open(config: &Config) -> Result<Self> {
+        let store = config.store_config().open().await?;
+        Self::with_store(store, config.limits()).await
     }
 
     /// A registry over an already opened store.
-    pub fn with_store(store: Arc<dyn Store>, limits: Limits) -> Result<Self> {
-        let db = Db::open(store)?;
+    pub async fn with_store(store: Store, limits: Limits) -> Result<Self> {
+        let db = Db::open(store).await?;
         let metrics = Arc::new(Metrics::new());
-        let writer = Writer::start(db.clone(), limits.group_commit_entries, limits.publish_queue, metrics.clone())?;
+        let writer = Writer::start(db.clone(), limits.group_commit_entries, limits.publish_queue, metrics.clone());
         Ok(Registry { api: RegistryApi::new(db, writer, limits, metrics) })
     }
 
@@ -70,7 +71,7 @@ impl Registry {
         self.api.inner.metrics.clone()
     }
 
-    pub fn store(&self) -> Arc<dyn Store> {
+    pub fn store(&self) -> Store {
         self.api.inner.db.store().clone()
     }
 
@@ -82,9 +83,9 @@ impl Registry {
         Ok(web::WebState::new(db, thumbnails))
     }
 
-    /// Counts of what the registry holds (walks the trees: blocking).
-    pub fn stats(&self) -> Result<Stats> {
-        self.api.inner.db.stats()
+    /// Counts of what the registry holds (walks the whole store).
+    pub async fn stats(&self) -> Result<Stats> {
+        self.api.inner.db.stats().await
     }
 
     /// Stops taking entries and waits until every queued one is written and flushed.
@@ -166,10 +167,7 @@ pub async fn serve_on(config: Config, listeners: Listeners, shutdown: impl Futur
     config.validate()?;
     // Fail on an unusable certificate or key before touching the data directory.
     load_tls(&config)?;
-    let registry = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Registry::open(&config)).await??
-    };
+    let registry = Registry::open(&config).await?;
     serve_registry(registry, &config, listeners, shutdown).await
 }
 
@@ -214,12 +212,7 @@ pub async fn serve_registry(
         Some(l) => {
             let metrics_addr = l.local_addr().map_err(|e| Error::io("reading the metrics address", e))?;
             info!(%metrics_addr, "metrics endpoint serving /metrics");
-            Some(tokio::spawn(metrics::serve_metrics(
-                l,
-                registry.metrics(),
-                registry.store(),
-                stopped(stop_rx.clone()),
-            )))
+            Some(tokio::spawn(metrics::serve_metrics(l, registry.metrics(), stopped(stop_rx.clone()))))
         }
         None => None,
     };
@@ -231,7 +224,7 @@ pub async fn serve_registry(
         }
         None => None,
     };
-    info!(%addr, tls = secure, engine = %config.engine, data_dir = %config.data_dir.display(), "registry serving");
+    info!(%addr, tls = secure, store = %describe_store(&config.store_config()), "registry serving");
 
     let failed = tokio::select! {
         () = shutdown => None,
@@ -265,6 +258,22 @@ pub async fn serve_registry(
     served??;
     info!("registry stopped");
     Ok(())
+}
+
+/// Checks a registry's store (see [`StoreCheck`]); the registry should be stopped.
+pub async fn check_store(store: Store) -> Result<StoreCheck> {
+    Db::open(store).await?.check().await
+}
+
+/// Where a store is, for logs: never its credentials.
+pub fn describe_store(store: &StoreConfig) -> String {
+    match store {
+        StoreConfig::Sled { path, .. } => format!("sled:{}", path.display()),
+        StoreConfig::Memory => "memory".into(),
+        StoreConfig::S3(s3) => {
+            format!("s3://{}/{} at {}", s3.bucket, s3.prefix, s3.endpoint.as_deref().unwrap_or("AWS"))
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -318,15 +327,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Stats(args) => {
-            let config = args.resolve()?;
-            if config.engine == Engine::Sled && !config.data_dir.is_dir() {
-                return Err(Error::Config(format!("no data directory at {}", config.data_dir.display())));
+            let store = args.resolve()?.store_config();
+            if let StoreConfig::Sled { path, .. } = &store
+                && !path.is_dir()
+            {
+                return Err(Error::Config(format!("no data directory at {}", path.display())));
             }
-            let stats = tokio::task::spawn_blocking(move || {
-                let store = store::open(config.engine, &config.data_dir, config.sled_options())?;
-                Db::open(store)?.stats()
-            })
-            .await??;
+            let stats = Db::open(store.open().await?).await?.stats().await?;
             println!("{stats}");
             Ok(())
         }

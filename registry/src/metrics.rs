@@ -13,7 +13,6 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -21,7 +20,6 @@ use tonic::Code;
 use tracing::warn;
 
 use crate::error::{Error, Result};
-use crate::store::{Store, Tree};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -49,8 +47,6 @@ pub struct Metrics {
     acks: Family<OutcomeLabels, Counter>,
     entries_stored: Counter,
     entries_streamed: Counter,
-    store_size: Gauge,
-    entries: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -72,8 +68,6 @@ impl Metrics {
         let acks = Family::<OutcomeLabels, Counter>::default();
         let entries_stored = Counter::default();
         let entries_streamed = Counter::default();
-        let store_size = Gauge::default();
-        let entries = Gauge::default();
         registry.register("requests", "gRPC requests by method and status code", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -83,9 +77,7 @@ impl Metrics {
         registry.register("publish_acks", "Publish acknowledgements by outcome", acks.clone());
         registry.register("entries_stored", "Entries stored and flushed since start", entries_stored.clone());
         registry.register("entries_streamed", "Entries sent by StreamEntries", entries_streamed.clone());
-        registry.register("store_size_bytes", "Size of the store on disk", store_size.clone());
-        registry.register("entries", "Entries held in the store", entries.clone());
-        Metrics { registry, requests, latency, acks, entries_stored, entries_streamed, store_size, entries }
+        Metrics { registry, requests, latency, acks, entries_stored, entries_streamed }
     }
 
     /// Counts one request of `method` answered with `code` after `elapsed`.
@@ -107,20 +99,10 @@ impl Metrics {
         self.entries_streamed.inc_by(n);
     }
 
-    /// The metrics as OpenMetrics text, with the store size read now.
-    pub fn render(&self, store: &dyn Store) -> Result<String> {
-        match store.size_on_disk() {
-            Ok(size) => {
-                self.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));
-            }
-            Err(e) => warn!(error = %e, "reading the store size"),
-        }
-        match store.len(Tree::Entries) {
-            Ok(n) => {
-                self.entries.set(i64::try_from(n).unwrap_or(i64::MAX));
-            }
-            Err(e) => warn!(error = %e, "counting the entries"),
-        }
+    /// The metrics as OpenMetrics text. What the store holds is not among
+    /// them: counting it walks the whole store (S3 lists every key), which a
+    /// scrape every few seconds must not do; `ambishare-registry stats` does it.
+    pub fn render(&self) -> Result<String> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .map_err(|_| Error::Internal("encoding metrics".into()))?;
@@ -154,22 +136,16 @@ pub fn code_name(code: Code) -> &'static str {
 #[derive(Clone)]
 struct MetricsState {
     metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
 }
 
 async fn metrics_handler(State(state): State<MetricsState>) -> impl IntoResponse {
-    let rendered = tokio::task::spawn_blocking(move || state.metrics.render(state.store.as_ref())).await;
-    match rendered {
-        Ok(Ok(body)) => (
+    match state.metrics.render() {
+        Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             body,
         )
             .into_response(),
-        Ok(Err(e)) => {
-            warn!(error = %e, "rendering metrics");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
         Err(e) => {
             warn!(error = %e, "rendering metrics");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -181,9 +157,8 @@ async fn metrics_handler(State(state): State<MetricsState>) -> impl IntoResponse
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let app = Router::new().route("/metrics", get(metrics_handler)).with_state(MetricsState { metrics, store });
+    let app = Router::new().route("/metrics", get(metrics_handler)).with_state(MetricsState { metrics });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| Error::io("metrics endpoint", e))
 }

@@ -110,7 +110,7 @@ impl RegistryApi {
         }
     }
 
-    /// Runs store work on a blocking thread, inside the current span.
+    /// Runs CPU work (decoding codes, checking signatures) on a blocking thread, inside the current span.
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
         let inner = self.inner.clone();
         let span = Span::current();
@@ -191,6 +191,13 @@ fn role_name(role: i32) -> Result<&'static str> {
     }
 }
 
+/// The registered keys and stored manifests one publish message needs.
+#[derive(Default)]
+struct Lookups {
+    keys: HashMap<OwnerId, PublicKey>,
+    manifests: HashMap<ModelId, Arc<Manifest>>,
+}
+
 /// One publish message after its entries were checked.
 struct Checked {
     slots: Vec<Slot>,
@@ -265,11 +272,11 @@ struct Incoming {
 
 impl Inner {
     /// The registered key of an owner.
-    fn owner_key(&self, id: &OwnerId) -> Result<Option<PublicKey>> {
+    async fn owner_key(&self, id: &OwnerId) -> Result<Option<PublicKey>> {
         if let Some(key) = self.owners.read().ok().and_then(|m| m.get(id).copied()) {
             return Ok(Some(key));
         }
-        let Some(owner) = self.db.owner(id)? else { return Ok(None) };
+        let Some(owner) = self.db.owner(id).await? else { return Ok(None) };
         let key = PublicKey::from_bytes(&owner.public_key).map_err(|_| Error::corrupt("owners", "bad public key"))?;
         if key.owner_id() != *id {
             return Err(Error::corrupt("owners", "public key does not hash to its owner id"));
@@ -284,11 +291,11 @@ impl Inner {
     }
 
     /// The parsed manifest of a stored model.
-    fn manifest(&self, id: &ModelId) -> Result<Option<Arc<Manifest>>> {
+    async fn manifest(&self, id: &ModelId) -> Result<Option<Arc<Manifest>>> {
         if let Some(m) = self.models.read().ok().and_then(|m| m.get(id).cloned()) {
             return Ok(Some(m));
         }
-        let Some(header) = self.db.model(id)? else { return Ok(None) };
+        let Some(header) = self.db.model(id).await? else { return Ok(None) };
         let manifest =
             Arc::new(Manifest::parse(&header.manifest).map_err(|e| Error::corrupt("models", e.to_string()))?);
         if let Ok(mut cache) = self.models.write() {
@@ -301,7 +308,28 @@ impl Inner {
     }
 
     /// Everything the registry checks of an entry before it may be stored.
-    fn check_entry(&self, p: pb::Entry) -> Result<Prepared> {
+    /// The keys and manifests the entries of one message name, read before
+    /// the checks (which then run on a blocking thread without the store).
+    async fn lookups(&self, entries: &[pb::Entry]) -> Result<Lookups> {
+        let mut lookups = Lookups::default();
+        for p in entries {
+            if let Ok(owner) = p.owner_id.parse::<OwnerId>()
+                && !lookups.keys.contains_key(&owner)
+                && let Some(key) = self.owner_key(&owner).await?
+            {
+                lookups.keys.insert(owner, key);
+            }
+            if let Ok(model) = p.model_id.parse::<ModelId>()
+                && !lookups.manifests.contains_key(&model)
+                && let Some(manifest) = self.manifest(&model).await?
+            {
+                lookups.manifests.insert(model, manifest);
+            }
+        }
+        Ok(lookups)
+    }
+
+    fn check_entry(&self, p: pb::Entry, lookups: &Lookups) -> Result<Prepared> {
         if p.code.len() > self.limits.max_code_bytes {
             return Err(Error::TooLarge(format!(
                 "code of {} bytes; at most {} are allowed",
@@ -314,8 +342,9 @@ impl Inner {
         }
         // Fields and the code, with the shared bounded reader.
         let entry = Entry::try_from(p)?;
-        let key = self
-            .owner_key(&entry.owner)?
+        let key = *lookups
+            .keys
+            .get(&entry.owner)
             .ok_or_else(|| Error::UnknownSigner(format!("owner {} is not registered", entry.owner)))?;
         entry.verify(&key).map_err(|_| {
             Error::BadSignature(format!(
@@ -323,10 +352,10 @@ impl Inner {
                 entry.id, entry.owner
             ))
         })?;
-        let manifest = self.manifest(&entry.model)?.ok_or_else(|| {
+        let manifest = lookups.manifests.get(&entry.model).ok_or_else(|| {
             Error::FailedPrecondition(format!("unknown model {}: publish the model first", entry.model))
         })?;
-        check_shape(&entry, &manifest)?;
+        check_shape(&entry, manifest)?;
         let encoded = pb::Entry::from(&entry).encode_to_vec();
         Ok(Prepared {
             id: entry.id,
@@ -335,15 +364,15 @@ impl Inner {
             model: entry.model,
             created_unix_ms: entry.created_unix_ms,
             code_bytes: entry.code_bytes.len() as u64,
-            encoded,
+            encoded: encoded.into(),
         })
     }
 
-    fn check_entries(&self, entries: Vec<pb::Entry>) -> Checked {
+    fn check_entries(&self, entries: Vec<pb::Entry>, lookups: &Lookups) -> Checked {
         let mut checked = Checked { slots: Vec::with_capacity(entries.len()), prepared: Vec::new() };
         for p in entries {
             let entry_id = p.entry_id.clone();
-            match self.check_entry(p) {
+            match self.check_entry(p, lookups) {
                 Ok(prepared) => {
                     checked.slots.push(Slot::Queued(prepared.id));
                     checked.prepared.push(prepared);
@@ -356,7 +385,7 @@ impl Inner {
 
     /// Checks a model header: the manifest, the file list against it, the size
     /// and the owner's signature. Returns the model id and the files to receive.
-    fn check_model_header(&self, header: &rpb::ModelHeader) -> Result<(ModelId, Vec<Incoming>)> {
+    async fn check_model_header(&self, header: &rpb::ModelHeader) -> Result<(ModelId, Vec<Incoming>)> {
         let owner: OwnerId = parse(&header.owner_id)?;
         if header.manifest.len() > MAX_MANIFEST_BYTES {
             return Err(Error::TooLarge(format!("manifest above {MAX_MANIFEST_BYTES} bytes")));
@@ -400,8 +429,10 @@ impl Inner {
         if header.signature.is_empty() {
             return Err(Error::NotSigned("model"));
         }
-        let key =
-            self.owner_key(&owner)?.ok_or_else(|| Error::UnknownSigner(format!("owner {owner} is not registered")))?;
+        let key = self
+            .owner_key(&owner)
+            .await?
+            .ok_or_else(|| Error::UnknownSigner(format!("owner {owner} is not registered")))?;
         let refs: Vec<ModelFileRef> =
             files.iter().map(|f| ModelFileRef { role: f.role, sha256: f.sha256, size: f.size }).collect();
         key.verify(&model_bytes(&owner, &header.manifest, &refs), &header.signature).map_err(|_| {
@@ -413,15 +444,18 @@ impl Inner {
     }
 
     /// Where a listing resumes: a page token, or the id of the last entry seen.
-    fn resolve_cursor(&self, query: &Query, token: &str) -> Result<Option<Cursor>> {
+    async fn resolve_cursor(&self, query: &Query, token: &str) -> Result<Option<Cursor>> {
         if token.is_empty() {
             return Ok(None);
         }
         if token.contains('-') {
             let id: EntryId = parse(token)?;
-            let stored =
-                self.db.entry(&id)?.ok_or_else(|| Error::NotFound(format!("entry {id} (the cursor) is not stored")))?;
-            return query.cursor_after(&stored).map(Some);
+            let stored = self
+                .db
+                .entry(&id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("entry {id} (the cursor) is not stored")))?;
+            return query.cursor_after(&id, &stored).map(Some);
         }
         query.parse_token(token).map(Some)
     }
@@ -465,7 +499,8 @@ impl RegistryApi {
         if n == 0 {
             return Ok(Checked { slots: Vec::new(), prepared: Vec::new() });
         }
-        self.blocking(move |inner| Ok(inner.check_entries(message.entries))).await
+        let lookups = self.inner.lookups(&message.entries).await?;
+        self.blocking(move |inner| Ok(inner.check_entries(message.entries, &lookups))).await
     }
 
     async fn submit(&self, checked: Checked) -> Result<Pending> {
@@ -503,7 +538,7 @@ impl RegistryService for RegistryApi {
                 display_name: display_name.map(String::from).unwrap_or_default(),
                 registered_unix_ms: now_ms(),
             };
-            let stored = self.blocking(move |inner| inner.db.put_owner(&owner_id, &record)).await?;
+            let stored = self.inner.db.put_owner(&owner_id, &record).await?;
             if stored.public_key != key.as_bytes() {
                 return Err(Error::AlreadyExists(format!("owner id {owner_id} is taken by another key")));
             }
@@ -517,9 +552,7 @@ impl RegistryService for RegistryApi {
     async fn get_owner(&self, request: Request<rpb::GetOwnerRequest>) -> Result<Response<rpb::Owner>, Status> {
         self.track("GetOwner", async {
             let id: OwnerId = parse(&request.get_ref().owner_id)?;
-            self.blocking(move |inner| inner.db.owner(&id))
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("owner {id} is not registered")))
+            self.inner.db.owner(&id).await?.ok_or_else(|| Error::NotFound(format!("owner {id} is not registered")))
         })
         .await
     }
@@ -536,9 +569,7 @@ impl RegistryService for RegistryApi {
                 Some(rpb::PublishModelRequest { part: Some(Part::Header(header)) }) => header,
                 _ => return Err(Error::Invalid("the first message of an upload must be the model header".into())),
             };
-            let header = Arc::new(header);
-            let h = header.clone();
-            let (model_id, mut files) = self.blocking(move |inner| inner.check_model_header(&h)).await?;
+            let (model_id, mut files) = self.inner.check_model_header(&header).await?;
             Span::current().record("model", tracing::field::display(model_id));
             // Only a signed header of a registered owner takes one of the few upload slots.
             let _permit = self.inner.uploads.acquire().await.map_err(|_| Error::ShuttingDown)?;
@@ -578,9 +609,9 @@ impl RegistryService for RegistryApi {
                 if ambishare_shared::ids::sha256(&f.data) != f.sha256 {
                     return Err(Error::Invalid(format!("the {} file does not hash to {}", f.role, f.sha256_hex)));
                 }
-                blobs.push((f.sha256, f.data));
+                blobs.push((f.sha256, f.data.into()));
             }
-            let created = self.blocking(move |inner| inner.db.put_model(&model_id, &header, &blobs)).await?;
+            let created = self.inner.db.put_model(&model_id, &header, blobs).await?;
             info!(model = %model_id, created, "model published");
             Ok(rpb::PublishModelResponse { model_id: model_id.to_string(), created })
         })
@@ -599,10 +630,7 @@ impl RegistryService for RegistryApi {
             let r = request.into_inner();
             let id: ModelId = parse(&r.model_id)?;
             let roles = r.roles.iter().map(|&role| role_name(role)).collect::<Result<Vec<_>>>()?;
-            let header = self
-                .blocking(move |inner| inner.db.model(&id))
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("no model {id}")))?;
+            let header = self.inner.db.model(&id).await?.ok_or_else(|| Error::NotFound(format!("no model {id}")))?;
             let mut files = Vec::new();
             for file in &header.files {
                 let role = role_name(file.role).map_err(|_| Error::corrupt("models", "bad file role"))?;
@@ -615,37 +643,47 @@ impl RegistryService for RegistryApi {
                 return Err(Error::NotFound(format!("model {id} has no {missing} file in this registry")));
             }
             let (tx, rx) = mpsc::channel(4);
-            let api = self.clone();
+            let db = self.inner.db.clone();
             let downloads = self.inner.downloads.clone();
             tokio::spawn(
                 async move {
                     if tx.send(Ok(rpb::GetModelResponse { part: Some(Part::Header(header)) })).await.is_err() {
                         return;
                     }
-                    // Each download holds one file in memory at a time: bound how many run.
+                    // Each download holds a chunk of a file at a time; bound how many run.
                     let Ok(_permit) = downloads.acquire_owned().await else { return };
                     for (role, sha, sha_hex) in files {
-                        let blob = api.blocking(move |inner| inner.db.blob(&sha)).await.and_then(|b| {
+                        let blob = db.blob(&sha).await.and_then(|b| {
                             b.ok_or_else(|| {
                                 Error::corrupt("blobs", format!("the {role} file of a stored model is missing"))
                             })
                         });
-                        let blob = match blob {
+                        let mut blob = match blob {
                             Ok(blob) => blob,
                             Err(e) => {
                                 let _ = tx.send(Err(e.into())).await;
                                 return;
                             }
                         };
-                        for (i, data) in blob.chunks(MODEL_CHUNK_BYTES).enumerate() {
-                            let chunk = rpb::FileChunk {
-                                sha256: sha_hex.clone(),
-                                offset: (i * MODEL_CHUNK_BYTES) as u64,
-                                data: data.to_vec(),
+                        // Stored chunks are checked against their hashes as they are read;
+                        // a failed check ends the download with an error.
+                        let mut offset = 0u64;
+                        while let Some(stored) = blob.chunks.next().await {
+                            let stored = match stored {
+                                Ok(bytes) => bytes,
+                                Err(e) => {
+                                    let _ = tx.send(Err(Error::from(e).into())).await;
+                                    return;
+                                }
                             };
-                            if tx.send(Ok(rpb::GetModelResponse { part: Some(Part::Chunk(chunk)) })).await.is_err() {
-                                debug!("model download abandoned by the client");
-                                return;
+                            for data in stored.chunks(MODEL_CHUNK_BYTES) {
+                                let chunk = rpb::FileChunk { sha256: sha_hex.clone(), offset, data: data.to_vec() };
+                                offset += data.len() as u64;
+                                let message = rpb::GetModelResponse { part: Some(Part::Chunk(chunk)) };
+                                if tx.send(Ok(message)).await.is_err() {
+                                    debug!("model download abandoned by the client");
+                                    return;
+                                }
                             }
                         }
                     }
@@ -701,12 +739,12 @@ impl RegistryService for RegistryApi {
     async fn get_entry(&self, request: Request<rpb::GetEntryRequest>) -> Result<Response<pb::Entry>, Status> {
         self.track("GetEntry", async {
             let id: EntryId = parse(&request.get_ref().entry_id)?;
-            self.blocking(move |inner| match inner.db.entry(&id)? {
+            let db = &self.inner.db;
+            match db.entry(&id).await? {
                 Some(stored) => Ok(stored.entry),
-                None if inner.db.is_deleted(&id)? => Err(Error::NotFound(format!("entry {id} was deleted"))),
+                None if db.is_deleted(&id).await? => Err(Error::NotFound(format!("entry {id} was deleted"))),
                 None => Err(Error::NotFound(format!("no entry {id}"))),
-            })
-            .await
+            }
         })
         .await
     }
@@ -726,15 +764,12 @@ impl RegistryService for RegistryApi {
                 }
                 n => n,
             };
-            self.blocking(move |inner| {
-                let after = inner.resolve_cursor(&query, &r.page_token)?;
-                let page = inner.db.page(&query, after.as_ref(), page_size as usize, PAGE_BYTES)?;
-                Ok(rpb::ListEntriesResponse {
-                    entries: page.items.iter().map(|s| summary_of(&s.entry)).collect(),
-                    next_page_token: page.next.map(|c| c.token()).unwrap_or_default(),
-                })
+            let after = self.inner.resolve_cursor(&query, &r.page_token).await?;
+            let page = self.inner.db.page(&query, after.as_ref(), page_size as usize, PAGE_BYTES).await?;
+            Ok(rpb::ListEntriesResponse {
+                entries: page.items.iter().map(|s| summary_of(&s.entry)).collect(),
+                next_page_token: page.next.map(|c| c.token()).unwrap_or_default(),
             })
-            .await
         })
         .await
     }
@@ -748,9 +783,8 @@ impl RegistryService for RegistryApi {
     ) -> Result<Response<Self::StreamEntriesStream>, Status> {
         self.track("StreamEntries", async {
             let r = request.into_inner();
-            let query = Arc::new(query_of(&r.owner_id, &r.dataset)?);
-            let q = query.clone();
-            let mut after = self.blocking(move |inner| inner.resolve_cursor(&q, &r.after)).await?;
+            let query = query_of(&r.owner_id, &r.dataset)?;
+            let mut after = self.inner.resolve_cursor(&query, &r.after).await?;
             let mut remaining = if r.limit == 0 { u64::MAX } else { r.limit };
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
             let api = self.clone();
@@ -761,11 +795,7 @@ impl RegistryService for RegistryApi {
                     let mut sent = 0u64;
                     while remaining > 0 && !tx.is_closed() {
                         let limit = remaining.min(STREAM_PAGE as u64) as usize;
-                        let (q, a) = (query.clone(), after.take());
-                        let page = match api
-                            .blocking(move |inner| inner.db.page(&q, a.as_ref(), limit, STREAM_PAGE_BYTES))
-                            .await
-                        {
+                        let page = match api.inner.db.page(&query, after.as_ref(), limit, STREAM_PAGE_BYTES).await {
                             Ok(page) => page,
                             Err(e) => {
                                 let _ = tx.send(Err(e.into())).await;
@@ -808,35 +838,29 @@ impl RegistryService for RegistryApi {
                 return Err(Error::NotSigned("deletion"));
             }
             check_request_time(r.requested_unix_ms)?;
-            let deleted = self
-                .blocking(move |inner| {
-                    let key = inner
-                        .owner_key(&owner)?
-                        .ok_or_else(|| Error::UnknownSigner(format!("owner {owner} is not registered")))?;
-                    key.verify(&deletion_bytes(&id, &owner, r.requested_unix_ms), &r.signature).map_err(|_| {
-                        Error::BadSignature(format!(
-                            "the deletion's signature does not verify with the registered key of owner {owner}"
-                        ))
-                    })?;
-                    for _ in 0..3 {
-                        let Some(stored) = inner.db.entry(&id)? else {
-                            // A replayed deletion changes nothing.
-                            return if inner.db.is_deleted(&id)? {
-                                Ok(false)
-                            } else {
-                                Err(Error::NotFound(format!("no entry {id}")))
-                            };
-                        };
-                        if stored.entry.owner_id != owner.to_string() {
-                            return Err(Error::Forbidden(format!("entry {id} belongs to another owner")));
-                        }
-                        if inner.db.delete_entry(&id, &stored, &owner, now_ms())? {
-                            return Ok(true);
-                        }
-                    }
-                    Err(Error::Internal(format!("entry {id} kept changing during its deletion")))
-                })
-                .await?;
+            let inner = &self.inner;
+            let key = inner
+                .owner_key(&owner)
+                .await?
+                .ok_or_else(|| Error::UnknownSigner(format!("owner {owner} is not registered")))?;
+            key.verify(&deletion_bytes(&id, &owner, r.requested_unix_ms), &r.signature).map_err(|_| {
+                Error::BadSignature(format!(
+                    "the deletion's signature does not verify with the registered key of owner {owner}"
+                ))
+            })?;
+            let deleted = match inner.db.entry(&id).await? {
+                Some(stored) if stored.entry.owner_id != owner.to_string() => {
+                    return Err(Error::Forbidden(format!("entry {id} belongs to another owner")));
+                }
+                // True also when this finishes a deletion that was cut short.
+                Some(stored) => {
+                    inner.db.delete_entry(&id, &stored, &owner, now_ms()).await?;
+                    true
+                }
+                // A replayed deletion changes nothing.
+                None if inner.db.is_deleted(&id).await? => false,
+                None => return Err(Error::NotFound(format!("no entry {id}"))),
+            };
             info!(entry = %id, deleted, "entry deleted");
             Ok(rpb::DeleteEntryResponse { deleted })
         })

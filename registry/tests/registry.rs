@@ -276,10 +276,18 @@ async fn pagination_is_stable_under_concurrent_publishes() {
             }
         }
         publisher.await.unwrap();
+        // Pages follow the entries' ids (UUIDv7: creation time), with no
+        // duplicate and nothing of another dataset. An entry whose position a
+        // listing had passed before it was stored is not in that listing
+        // (the entries of one message are written concurrently), so the walk
+        // concurrent with the publisher may miss some; a listing after it sees all.
         let unique: HashSet<_> = seen.iter().collect();
         assert_eq!(unique.len(), seen.len(), "duplicates in pages");
         let expected: Vec<EntryId> = ids(&initial).into_iter().chain(ids(&later)).collect();
-        assert_eq!(seen, expected, "gaps or disorder in pages");
+        assert!(seen.is_sorted(), "pages out of id order");
+        assert!(seen.iter().all(|id| expected.contains(id)), "an entry of another dataset in the pages");
+        assert_eq!(seen[..initial.len()], ids(&initial)[..], "entries stored before the walk are all in it");
+        assert_eq!(list_all(&f.client, Some(owner), Some(&faces), 7).await, expected);
         f.node.stop().await;
     })
     .await;
@@ -324,7 +332,7 @@ async fn restart_keeps_everything() {
         drop(client);
         node.stop().await;
         let stats = stats_of(dir.path()).await;
-        assert_eq!((stats.entries, stats.deleted, stats.owners, stats.models, stats.blobs), (34, 1, 1, 1, 2));
+        assert_eq!((stats.entries, stats.deleted, stats.owners, stats.models, stats.datasets), (34, 1, 1, 1, 1));
         // The same counts from the command line (once sled has let go of its lock).
         let mut printed = String::new();
         for _ in 0..100 {
@@ -769,7 +777,6 @@ async fn health_reflection_and_metrics_are_served() {
             "ambishare_registry_entries_streamed_total 5",
             "ambishare_registry_publish_acks_total{outcome=\"stored\"} 5",
             "ambishare_registry_request_duration_seconds_bucket",
-            "ambishare_registry_store_size_bytes",
         ] {
             assert!(body.contains(needle), "{needle} missing from\n{body}");
         }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use ambishare_client::browse::{BrowseOptions, browse};
 use ambishare_client::cli;
 use ambishare_client::pull::PullOutcome;
+use ambishare_db::{Namespace, StoreConfig};
 use ambishare_proto::types::v1 as pb;
-use ambishare_registry::store::{Engine, SledOptions, Tree, open as open_store};
 use ambishare_rpc::Denial;
 use ambishare_shared::quality::{psnr, ssim};
 use ambishare_shared::{Device, EntryId, Tier};
@@ -187,28 +187,22 @@ async fn an_entry_tampered_with_in_the_registry_store_is_caught() {
         registry.stop().await.unwrap();
 
         // Flip one bit of one q8 value of the first entry's code in the stored record
-        // (seq u64 then the protobuf entry), and mend the code's checksum as a forger
-        // would: the code still parses, but the owner's signature no longer matches.
+        // (the protobuf entry), and mend the code's checksum as a forger would: the
+        // code still parses, but the owner's signature no longer matches.
         let victim = summary.files[0].1;
         {
-            let store = open_store(Engine::Sled, &registry_dir, SledOptions::default()).unwrap();
-            let record = store.get(Tree::Entries, victim.as_bytes()).unwrap().expect("stored entry");
-            let (seq, body) = record.split_at(8);
-            let mut entry = pb::Entry::decode(body).unwrap();
+            static ENTRIES: Namespace = Namespace::from_static("entries");
+            let store =
+                StoreConfig::Sled { path: registry_dir.clone(), cache_capacity: 32 << 20 }.open().await.unwrap();
+            let record = store.kv().get(&ENTRIES, victim.as_bytes()).await.unwrap().expect("stored entry");
+            let mut entry = pb::Entry::decode(record.as_ref()).unwrap();
             let crc_at = entry.code.len() - 4;
             entry.code[crc_at - 1] ^= 0x01; // the last q8 level of the last code-map
             let crc = crc32fast::hash(&entry.code[..crc_at]);
             entry.code[crc_at..].copy_from_slice(&crc.to_le_bytes());
             assert!(ambishare_shared::AmbiguatedCode::decode(&entry.code).is_ok());
-            let tampered = [seq, &entry.encode_to_vec()].concat();
-            let ok = store
-                .apply(
-                    &[(Tree::Entries, victim.as_bytes(), Some(&record))],
-                    &[(Tree::Entries, victim.as_bytes(), Some(&tampered))],
-                )
-                .unwrap();
-            assert!(ok);
-            store.flush().unwrap();
+            store.kv().put(&ENTRIES, victim.as_bytes(), entry.encode_to_vec().into()).await.unwrap();
+            store.kv().flush().await.unwrap();
         }
 
         let registry = TestRegistry::start(&registry_dir).await.unwrap();

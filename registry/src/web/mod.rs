@@ -153,12 +153,9 @@ impl IntoResponse for WebError {
 
 type WebResult<T> = std::result::Result<T, WebError>;
 
-/// Runs store reads off the async threads.
-async fn blocking<T: Send + 'static>(json: bool, f: impl FnOnce() -> Result<T> + Send + 'static) -> WebResult<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(|e| WebError::from_error(e, json)),
-        Err(e) => Err(WebError::from_error(Error::from(e), json)),
-    }
+/// Runs a view's store reads, answering a failure as a page or as JSON.
+async fn run<T>(json: bool, view: impl std::future::Future<Output = Result<T>>) -> WebResult<T> {
+    view.await.map_err(|e| WebError::from_error(e, json))
 }
 
 fn parse<T: std::str::FromStr>(what: &str, text: &str, json: bool) -> WebResult<T> {
@@ -183,7 +180,7 @@ struct PageParams {
 
 async fn home_view(state: WebState, params: HomeParams, json: bool) -> WebResult<views::HomeView> {
     let after: Option<OwnerId> = params.after.as_deref().map(|a| parse("owner id", a, json)).transpose()?;
-    blocking(json, move || views::home(&state.db, after.as_ref())).await
+    run(json, views::home(&state.db, after.as_ref())).await
 }
 
 async fn home(State(state): State<WebState>, Query(params): Query<HomeParams>) -> WebResult<Response> {
@@ -204,10 +201,9 @@ async fn dataset_view(
     let owner: OwnerId = parse("owner id", &owner, json)?;
     let dataset: DatasetName = parse("dataset name", &dataset, json)?;
     let limit = params.limit.unwrap_or(views::DEFAULT_ENTRIES_PER_PAGE).clamp(1, views::MAX_ENTRIES_PER_PAGE);
-    let view = blocking(json, move || {
-        views::dataset_page(&state.db, &state.thumbnails, &owner, &dataset, params.after.as_deref(), limit)
-    })
-    .await?;
+    let view =
+        run(json, views::dataset_page(&state.db, &state.thumbnails, &owner, &dataset, params.after.as_deref(), limit))
+            .await?;
     Ok((view, limit))
 }
 
@@ -230,7 +226,7 @@ async fn api_dataset(
 
 async fn entry_view(state: WebState, id: String, json: bool) -> WebResult<views::EntryView> {
     let id: EntryId = parse("entry id", &id, json)?;
-    blocking(json, move || views::entry(&state.db, &state.thumbnails, &id)).await
+    run(json, views::entry(&state.db, &state.thumbnails, &id)).await
 }
 
 async fn entry(State(state): State<WebState>, Path(id): Path<String>) -> WebResult<Response> {
@@ -243,7 +239,7 @@ async fn api_entry(State(state): State<WebState>, Path(id): Path<String>) -> Web
 
 async fn model_view(state: WebState, id: String, json: bool) -> WebResult<views::ModelView> {
     let id: ModelId = parse("model id", &id, json)?;
-    blocking(json, move || views::model(&state.db, &id)).await
+    run(json, views::model(&state.db, &id)).await
 }
 
 async fn model(State(state): State<WebState>, Path(id): Path<String>) -> WebResult<Response> {
@@ -257,7 +253,7 @@ async fn api_model(State(state): State<WebState>, Path(id): Path<String>) -> Web
 /// The raw public code, as the owner signed it.
 async fn code(State(state): State<WebState>, Path(id): Path<String>) -> WebResult<Response> {
     let id: EntryId = parse("entry id", &id, false)?;
-    let bytes = blocking(false, move || views::code_bytes(&state.db, &id)).await?;
+    let bytes = run(false, views::code_bytes(&state.db, &id)).await?;
     let disposition = format!("attachment; filename=\"{id}.ambc\"");
     Ok((
         [
@@ -277,13 +273,15 @@ async fn code(State(state): State<WebState>, Path(id): Path<String>) -> WebResul
 /// the page's script); 404 for an unknown entry or one with no thumbnail.
 async fn thumbnail(State(state): State<WebState>, Path(id): Path<String>) -> WebResult<Response> {
     let id: EntryId = parse("entry id", &id, false)?;
-    let thumbs = state.thumbnails.clone();
-    let found = blocking(false, move || match thumbs.get(&id)? {
-        Some(jpeg) => Ok(Ok(jpeg)),
-        None => {
-            // Unknown entries are not queued.
-            views::stored_entry(&state.db, &id)?;
-            Ok(Err(thumbs.state(&id)?))
+    let thumbs = &state.thumbnails;
+    let found = run(false, async {
+        match thumbs.get(&id).await? {
+            Some(jpeg) => Ok(Ok(jpeg)),
+            None => {
+                // Unknown entries are not queued.
+                views::stored_entry(&state.db, &id).await?;
+                Ok(Err(thumbs.state(&id).await?))
+            }
         }
     })
     .await?;

@@ -18,6 +18,8 @@ use image::codecs::jpeg::JpegEncoder;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use ambishare_db::Bytes;
+
 use crate::db::Db;
 use crate::error::{Error, Result};
 
@@ -46,6 +48,9 @@ pub struct Thumbnailer {
 
 struct Inner {
     db: Db,
+    /// The runtime the workers' store reads run on (they are plain threads:
+    /// decoding is CPU work that must not hold the async threads).
+    runtime: tokio::runtime::Handle,
     queue: mpsc::Sender<EntryId>,
     /// Queued or being rendered.
     pending: Mutex<HashSet<EntryId>>,
@@ -74,11 +79,15 @@ impl Failures {
 }
 
 impl Thumbnailer {
-    /// Starts `workers` rendering threads; they stop once every clone is dropped.
+    /// Starts `workers` rendering threads (from within a tokio runtime);
+    /// they stop once every clone is dropped.
     pub fn start(db: Db, workers: usize, queue: usize, max_tiles: u32) -> Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Internal("the thumbnailer starts within a tokio runtime".into()))?;
         let (tx, rx) = mpsc::channel(queue.max(1));
         let inner = Arc::new(Inner {
             db,
+            runtime,
             queue: tx,
             pending: Mutex::new(HashSet::new()),
             failed: Mutex::new(Failures::default()),
@@ -100,9 +109,9 @@ impl Thumbnailer {
     }
 
     /// The state of `id`'s thumbnail, queueing it when it is neither stored
-    /// nor failed. Blocking (reads the store).
-    pub fn state(&self, id: &EntryId) -> Result<ThumbnailState> {
-        if self.inner.db.thumbnail(id)?.is_some() {
+    /// nor failed.
+    pub async fn state(&self, id: &EntryId) -> Result<ThumbnailState> {
+        if self.inner.db.thumbnail(id).await?.is_some() {
             return Ok(ThumbnailState::Ready);
         }
         if let Some(reason) = self.inner.failed.lock().ok().and_then(|f| f.reasons.get(id).cloned()) {
@@ -119,8 +128,8 @@ impl Thumbnailer {
     }
 
     /// The stored thumbnail, if rendered.
-    pub fn get(&self, id: &EntryId) -> Result<Option<Vec<u8>>> {
-        self.inner.db.thumbnail(id)
+    pub async fn get(&self, id: &EntryId) -> Result<Option<Bytes>> {
+        self.inner.db.thumbnail(id).await
     }
 
     /// Thumbnails rendered by this process so far.
@@ -168,7 +177,8 @@ impl From<Error> for Unrenderable {
 }
 
 fn render(inner: &Inner, models: &mut ModelRunners, id: &EntryId) -> std::result::Result<(), Unrenderable> {
-    let Some(stored) = inner.db.entry(id)? else {
+    let rt = &inner.runtime;
+    let Some(stored) = rt.block_on(inner.db.entry(id))? else {
         return Err(Unrenderable("no such entry".into()));
     };
     let entry = Entry::try_from(stored.entry.clone()).map_err(Error::from)?;
@@ -177,12 +187,12 @@ fn render(inner: &Inner, models: &mut ModelRunners, id: &EntryId) -> std::result
         return Err(Unrenderable(format!("too large for a thumbnail ({tiles} tiles)")));
     }
     // Only signed entries are stored, but the decoder an entry names runs here: check again.
-    let owner = inner.db.owner(&entry.owner)?.ok_or_else(|| Unrenderable("owner unknown".into()))?;
+    let owner = rt.block_on(inner.db.owner(&entry.owner))?.ok_or_else(|| Unrenderable("owner unknown".into()))?;
     let key = PublicKey::from_bytes(&owner.public_key).map_err(|_| Error::corrupt("owners", "bad public key"))?;
     if key.owner_id() != entry.owner || entry.verify(&key).is_err() {
         return Err(Unrenderable("its signature does not verify".into()));
     }
-    let runner = models.get(&inner.db, &entry.model)?;
+    let runner = models.get(inner, &entry.model)?;
     let public = entry.code.to_sparse().map_err(Error::from)?;
     let image = decode_image(&runner, &public, entry.width, entry.height).map_err(Error::from)?;
     let (width, height) = fit(entry.width, entry.height);
@@ -191,7 +201,7 @@ fn render(inner: &Inner, models: &mut ModelRunners, id: &EntryId) -> std::result
     JpegEncoder::new_with_quality(&mut Cursor::new(&mut jpeg), JPEG_QUALITY)
         .encode_image(&thumbnail)
         .map_err(|e| Error::Internal(format!("encoding a thumbnail: {e}")))?;
-    inner.db.put_thumbnail(id, &stored, &jpeg)?;
+    rt.block_on(inner.db.put_thumbnail(id, jpeg.into()))?;
     Ok(())
 }
 
@@ -214,12 +224,15 @@ struct ModelRunners {
 }
 
 impl ModelRunners {
-    fn get(&mut self, db: &Db, id: &ModelId) -> std::result::Result<Arc<ModelRunner>, Unrenderable> {
+    fn get(&mut self, inner: &Inner, id: &ModelId) -> std::result::Result<Arc<ModelRunner>, Unrenderable> {
         if let Some((_, runner)) = self.loaded.iter().find(|(m, _)| m == id) {
             return Ok(runner.clone());
         }
-        let header = db.model(id)?.ok_or_else(|| Unrenderable("its model is not in the registry".into()))?;
-        let runner = Arc::new(load_decoder(db, &header)?);
+        let header = inner
+            .runtime
+            .block_on(inner.db.model(id))?
+            .ok_or_else(|| Unrenderable("its model is not in the registry".into()))?;
+        let runner = Arc::new(load_decoder(inner, &header)?);
         if self.loaded.len() >= MODELS_PER_WORKER {
             self.loaded.pop_front();
         }
@@ -228,13 +241,19 @@ impl ModelRunners {
     }
 }
 
-fn load_decoder(db: &Db, header: &rpb::ModelHeader) -> Result<ModelRunner> {
+/// Largest decoder file loaded for thumbnails.
+const MAX_DECODER_BYTES: u64 = 256 << 20;
+
+fn load_decoder(inner: &Inner, header: &rpb::ModelHeader) -> Result<ModelRunner> {
     let manifest = Manifest::parse(&header.manifest).map_err(|e| Error::corrupt("models", e.to_string()))?;
     let sha: [u8; 32] = hex::decode(&manifest.decoder.sha256)
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| Error::corrupt("models", "decoder hash is not 32 bytes of hex"))?;
-    let decoder = db.blob(&sha)?.ok_or_else(|| Error::corrupt("blobs", "a model's decoder file is missing"))?;
+    let decoder = inner
+        .runtime
+        .block_on(inner.db.blob_bytes(&sha, MAX_DECODER_BYTES))?
+        .ok_or_else(|| Error::corrupt("blobs", "a model's decoder file is missing"))?;
     // The runner checks the file against the manifest's hash before loading it.
     Ok(ModelRunner::from_parts_with_threads(&header.manifest, None, &decoder, Device::Cpu, 1)?)
 }

@@ -174,19 +174,19 @@ fn dataset_view(row: &DatasetRow) -> DatasetView {
     }
 }
 
-fn display_name(db: &Db, owner: &OwnerId) -> Result<String> {
-    Ok(db.owner(owner)?.map(|o| o.display_name).unwrap_or_default())
+async fn display_name(db: &Db, owner: &OwnerId) -> Result<String> {
+    Ok(db.owner(owner).await?.map(|o| o.display_name).unwrap_or_default())
 }
 
 /// Owners (after `after`) and each one's datasets.
-pub fn home(db: &Db, after: Option<&OwnerId>) -> Result<HomeView> {
-    let mut owners = db.owners(after, OWNERS_PER_PAGE + 1)?;
+pub async fn home(db: &Db, after: Option<&OwnerId>) -> Result<HomeView> {
+    let mut owners = db.owners(after, OWNERS_PER_PAGE + 1).await?;
     let more = owners.len() > OWNERS_PER_PAGE;
     owners.truncate(OWNERS_PER_PAGE);
     let mut views = Vec::with_capacity(owners.len());
     for owner in &owners {
         let id: OwnerId = owner.owner_id.parse().map_err(|_| Error::corrupt("owners", "bad owner id"))?;
-        let datasets = db.datasets(Some(&id), None, DATASETS_PER_OWNER)?;
+        let datasets = db.datasets(Some(&id), None, DATASETS_PER_OWNER).await?;
         views.push(OwnerView {
             owner_id: owner.owner_id.clone(),
             display_name: owner.display_name.clone(),
@@ -198,9 +198,9 @@ pub fn home(db: &Db, after: Option<&OwnerId>) -> Result<HomeView> {
     Ok(HomeView { owners: views, next })
 }
 
-fn thumbnail_view(thumbs: &Thumbnailer, id: &EntryId, width: u32, height: u32) -> Result<ThumbnailView> {
+async fn thumbnail_view(thumbs: &Thumbnailer, id: &EntryId, width: u32, height: u32) -> Result<ThumbnailView> {
     let (tw, th) = fit(width, height);
-    let (state, reason) = match thumbs.state(id)? {
+    let (state, reason) = match thumbs.state(id).await? {
         ThumbnailState::Ready => ("ready", None),
         ThumbnailState::Pending => ("pending", None),
         ThumbnailState::Unavailable(why) => ("unavailable", Some(why)),
@@ -208,7 +208,7 @@ fn thumbnail_view(thumbs: &Thumbnailer, id: &EntryId, width: u32, height: u32) -
     Ok(ThumbnailView { state, url: thumbnail_url(&id.to_string()), width: tw, height: th, reason })
 }
 
-fn card(thumbs: &Thumbnailer, stored: &StoredEntry) -> Result<EntryCard> {
+async fn card(thumbs: &Thumbnailer, stored: &StoredEntry) -> Result<EntryCard> {
     let e = &stored.entry;
     let id: EntryId = e.entry_id.parse().map_err(|_| Error::corrupt("entries", "bad entry id"))?;
     Ok(EntryCard {
@@ -219,12 +219,12 @@ fn card(thumbs: &Thumbnailer, stored: &StoredEntry) -> Result<EntryCard> {
         created: when(e.created_unix_ms),
         label: e.label.clone(),
         code_bytes: e.code.len() as u64,
-        thumbnail: thumbnail_view(thumbs, &id, e.width, e.height)?,
+        thumbnail: thumbnail_view(thumbs, &id, e.width, e.height).await?,
     })
 }
 
-/// One page of a dataset's entries (in publication order), `after` a page token.
-pub fn dataset_page(
+/// One page of a dataset's entries (in id order: creation time), `after` a page token.
+pub async fn dataset_page(
     db: &Db,
     thumbs: &Thumbnailer,
     owner: &OwnerId,
@@ -233,16 +233,20 @@ pub fn dataset_page(
     limit: usize,
 ) -> Result<DatasetPageView> {
     let summary = db
-        .dataset_summary(owner, dataset)?
+        .dataset_summary(owner, dataset)
+        .await?
         .ok_or_else(|| Error::NotFound(format!("owner {owner} has no dataset {dataset}")))?;
     let row = DatasetRow { owner: *owner, dataset: dataset.clone(), summary };
     let query = Query { owner: Some(*owner), dataset: Some(dataset.clone()) };
     let cursor = after.map(|t| query.parse_token(t)).transpose()?;
-    let page = db.page(&query, cursor.as_ref(), limit.clamp(1, MAX_ENTRIES_PER_PAGE), MAX_PAGE_BYTES)?;
-    let entries = page.items.iter().map(|s| card(thumbs, s)).collect::<Result<Vec<_>>>()?;
+    let page = db.page(&query, cursor.as_ref(), limit.clamp(1, MAX_ENTRIES_PER_PAGE), MAX_PAGE_BYTES).await?;
+    let mut entries = Vec::with_capacity(page.items.len());
+    for stored in &page.items {
+        entries.push(card(thumbs, stored).await?);
+    }
     Ok(DatasetPageView {
         owner_id: owner.to_string(),
-        display_name: display_name(db, owner)?,
+        display_name: display_name(db, owner).await?,
         dataset: dataset_view(&row),
         entries,
         next: page.next.map(|c| c.token()),
@@ -250,29 +254,33 @@ pub fn dataset_page(
 }
 
 /// The stored entry under `id`.
-pub fn stored_entry(db: &Db, id: &EntryId) -> Result<StoredEntry> {
-    db.entry(id)?.ok_or_else(|| Error::NotFound(format!("no entry {id}")))
+pub async fn stored_entry(db: &Db, id: &EntryId) -> Result<StoredEntry> {
+    db.entry(id).await?.ok_or_else(|| Error::NotFound(format!("no entry {id}")))
 }
 
-pub fn entry(db: &Db, thumbs: &Thumbnailer, id: &EntryId) -> Result<EntryView> {
-    let stored = stored_entry(db, id)?;
+pub async fn entry(db: &Db, thumbs: &Thumbnailer, id: &EntryId) -> Result<EntryView> {
+    let stored = stored_entry(db, id).await?;
     let entry = Entry::try_from(stored.entry.clone())
         .map_err(|e| Error::corrupt("entries", format!("stored entry does not parse: {e}")))?;
-    let owner = db.owner(&entry.owner)?;
+    let owner = db.owner(&entry.owner).await?;
     let signature = match owner.as_ref().map(|o| PublicKey::from_bytes(&o.public_key)) {
         Some(Ok(key)) if key.owner_id() == entry.owner && entry.verify(&key).is_ok() => "valid",
         Some(_) => "invalid",
         None => "owner unknown",
     };
-    let model_name =
-        db.model(&entry.model)?.and_then(|h| Manifest::parse(&h.manifest).ok()).map(|m| m.name).unwrap_or_default();
+    let model_name = db
+        .model(&entry.model)
+        .await?
+        .and_then(|h| Manifest::parse(&h.manifest).ok())
+        .map(|m| m.name)
+        .unwrap_or_default();
     let shape = entry.code.shape();
     let (owner_id, dataset, entry_id) = (entry.owner.to_string(), entry.dataset.to_string(), entry.id.to_string());
     Ok(EntryView {
         dataset_url: dataset_url(&owner_id, &dataset),
         display_name: owner.map(|o| o.display_name).unwrap_or_default(),
         code_url: format!("{}/code.ambc", entry_url(&entry_id)),
-        thumbnail: thumbnail_view(thumbs, id, entry.width, entry.height)?,
+        thumbnail: thumbnail_view(thumbs, id, entry.width, entry.height).await?,
         entry_id,
         owner_id,
         dataset,
@@ -299,8 +307,8 @@ pub fn entry(db: &Db, thumbs: &Thumbnailer, id: &EntryId) -> Result<EntryView> {
     })
 }
 
-pub fn model(db: &Db, id: &ModelId) -> Result<ModelView> {
-    let header: rpb::ModelHeader = db.model(id)?.ok_or_else(|| Error::NotFound(format!("no model {id}")))?;
+pub async fn model(db: &Db, id: &ModelId) -> Result<ModelView> {
+    let header: rpb::ModelHeader = db.model(id).await?.ok_or_else(|| Error::NotFound(format!("no model {id}")))?;
     let manifest = Manifest::parse(&header.manifest).map_err(|e| Error::corrupt("models", e.to_string()))?;
     let files = header
         .files
@@ -336,7 +344,7 @@ pub fn model(db: &Db, id: &ModelId) -> Result<ModelView> {
 }
 
 /// The exact bytes of an entry's public (ambiguated) code.
-pub fn code_bytes(db: &Db, id: &EntryId) -> Result<Vec<u8>> {
-    let stored = stored_entry(db, id)?;
+pub async fn code_bytes(db: &Db, id: &EntryId) -> Result<Vec<u8>> {
+    let stored = stored_entry(db, id).await?;
     Ok(stored.entry.code)
 }

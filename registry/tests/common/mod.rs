@@ -103,20 +103,19 @@ impl Node {
 pub async fn open_registry(config: &Config) -> Registry {
     let mut last = None;
     for _ in 0..100 {
-        let c = config.clone();
-        match tokio::task::spawn_blocking(move || Registry::open(&c)).await.unwrap() {
+        match Registry::open(config).await {
             Ok(registry) => return registry,
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("cannot open the registry at {}: {last:?}", config.data_dir.display());
+    panic!("cannot open the registry's store {:?}: {last:?}", config.store_config());
 }
 
 /// Counts of what a stopped node's directory holds.
 pub async fn stats_of(dir: &Path) -> Stats {
     let registry = open_registry(&test_config(dir)).await;
-    let stats = registry.stats().unwrap();
+    let stats = registry.stats().await.unwrap();
     // Closing joins the writer, so the store is released soon after.
     registry.close().await.unwrap();
     stats

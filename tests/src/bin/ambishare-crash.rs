@@ -539,15 +539,15 @@ async fn stop_node(proc: &mut Proc, when: &str, trial: &mut Trial) -> Result<()>
 }
 
 /// The store checks, with both nodes stopped.
-fn check_stores(
+async fn check_stores(
     dir: &Path,
     home: &ambishare_owner::Home,
     acknowledged: &[EntryId],
 ) -> Result<(OwnerSnapshot, RegistrySnapshot, Problems)> {
     let owner = read_owner_store(home)?;
     let registry = {
-        let store = open_registry_store(&dir.join("registry"))?;
-        check_registry_store(store.as_ref())?
+        let store = open_registry_store(&dir.join("registry")).await?;
+        check_registry_store(store).await?
     };
     let mut problems = Problems::default();
     problems.extend(owner.problems.clone());
@@ -607,7 +607,7 @@ async fn run_trial(setup: &Setup, dir: &Path, plan: &[(Victim, f64)], window: Wi
             acknowledged.extend(read_ids_out(&args.ids_out)?.into_iter().map(|(id, _)| id));
         }
         let listed: Vec<EntryId> = acknowledged.iter().copied().collect();
-        let (owner_snap, registry_snap, problems) = check_stores(dir, &home, &listed)?;
+        let (owner_snap, registry_snap, problems) = check_stores(dir, &home, &listed).await?;
         remaining = setup.distinct.saturating_sub(registry_snap.entries.len());
         trial.kills.push(Kill {
             victim,
@@ -688,7 +688,7 @@ async fn run_trial(setup: &Setup, dir: &Path, plan: &[(Victim, f64)], window: Wi
     // 6. The stores at the end: complete, consistent, one entry per image.
     stop_node(&mut owner.proc, "at the end", trial).await?;
     stop_node(&mut registry.proc, "at the end", trial).await?;
-    let (owner_end, registry_end, problems) = check_stores(dir, &home, &ids)?;
+    let (owner_end, registry_end, problems) = check_stores(dir, &home, &ids).await?;
     trial.problems.extend(problems);
     trial.final_entries = registry_end.entries.len();
     if registry_end.entries.len() != setup.distinct {
