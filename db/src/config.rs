@@ -201,6 +201,19 @@ impl S3Credentials {
     }
 }
 
+/// Where the store is, fit for logs: never its credentials.
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::Sled { path, .. } => write!(f, "sled:{}", path.display()),
+            StoreConfig::Memory => f.write_str("memory"),
+            StoreConfig::S3(s3) => {
+                write!(f, "s3://{}/{} at {}", s3.bucket, s3.prefix, s3.endpoint.as_deref().unwrap_or("AWS"))
+            }
+        }
+    }
+}
+
 impl StoreConfig {
     /// Opens the backend this config names.
     pub async fn open(&self) -> Result<Store> {
@@ -329,8 +342,10 @@ mod tests {
         let mut s3 = S3Config::new("bucket", None);
         s3.credentials =
             Some(S3Credentials { access_key_id: "AKID".into(), secret_access_key: Secret::new("hunter2".into()) });
-        let printed = format!("{:?}", StoreConfig::S3(s3));
+        let printed = format!("{:?}", StoreConfig::S3(s3.clone()));
         assert!(printed.contains("AKID") && !printed.contains("hunter2"), "{printed}");
+        let shown = StoreConfig::S3(s3).to_string();
+        assert_eq!(shown, "s3://bucket/ at AWS");
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn main() {
         let first = model.entries(&key, "bench", n, 1);
         let parallel: Vec<Vec<Entry>> = (0..4).map(|i| model.entries(&key, "bench", n / 4, 10 + i)).collect();
         let per_code = code_bytes(&first) / n.max(1);
-        eprintln!("store {}", ambishare_registry::describe_store(&store));
+        eprintln!("store {store}");
         eprintln!("made {} entries of {per_code} code bytes in {:.1} s", n + 4 * (n / 4), made.elapsed().as_secs_f64());
 
         println!("| {:<44} | {:>7} | {:>8} | {:>10} | {:>7} |", "operation", "items", "seconds", "items/s", "MB/s");

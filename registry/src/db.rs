@@ -164,6 +164,18 @@ impl IndexKeys {
     }
 }
 
+/// The owner and entry id of a `by_owner` key.
+fn split_by_owner(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    (key.len() == 32).then(|| key.split_at(16))
+}
+
+/// The dataset, owner and entry id of a `by_dataset` key.
+fn split_by_dataset(key: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let zero = key.iter().position(|&b| b == 0)?;
+    let (dataset, rest) = (&key[..zero], &key[zero + 1..]);
+    (rest.len() == 32 + FACTS_LEN).then(|| (dataset, &rest[..16], &rest[16..32]))
+}
+
 fn dataset_prefix(dataset: &str, owner: Option<&OwnerId>) -> Vec<u8> {
     let mut key = Vec::with_capacity(dataset.len() + 1 + 32 + FACTS_LEN);
     key.extend_from_slice(dataset.as_bytes());
@@ -621,21 +633,16 @@ impl Db {
     /// holds no entry.
     pub async fn dataset_summary(&self, owner: &OwnerId, dataset: &DatasetName) -> Result<Option<DatasetSummary>> {
         let prefix = dataset_prefix(dataset.as_str(), Some(owner));
-        let (mut summary, mut after) = (DatasetSummary::default(), None::<Vec<u8>>);
-        loop {
-            let keys = self.store.kv().list_keys(&BY_DATASET, &prefix, after.as_deref(), WALK_PAGE).await?;
-            for key in &keys {
-                let facts = key
-                    .get(prefix.len() + 16..)
-                    .and_then(Facts::decode)
-                    .ok_or_else(|| corrupt("by_dataset", "a key without its facts"))?;
-                summary.add(&facts);
-            }
-            if keys.len() < WALK_PAGE {
-                break;
-            }
-            after = keys.into_iter().last();
-        }
+        let mut summary = DatasetSummary::default();
+        self.walk_keys(&BY_DATASET, &prefix, |key| {
+            let facts = key
+                .get(prefix.len() + 16..)
+                .and_then(Facts::decode)
+                .ok_or_else(|| corrupt("by_dataset", "a key without its facts"))?;
+            summary.add(&facts);
+            Ok(())
+        })
+        .await?;
         Ok((summary.entries > 0).then_some(summary))
     }
 
@@ -710,12 +717,31 @@ impl Db {
     }
 
     async fn count(&self, namespace: &Namespace) -> Result<u64> {
-        let (mut count, mut after) = (0u64, None::<Vec<u8>>);
+        let mut count = 0u64;
+        self.walk_keys(namespace, &[], |_| {
+            count += 1;
+            Ok(())
+        })
+        .await?;
+        Ok(count)
+    }
+
+    /// Calls `visit` with every key of `namespace` starting with `prefix`, in
+    /// order, a listing page at a time.
+    async fn walk_keys(
+        &self,
+        namespace: &Namespace,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut after: Option<Vec<u8>> = None;
         loop {
-            let keys = self.store.kv().list_keys(namespace, &[], after.as_deref(), WALK_PAGE).await?;
-            count += keys.len() as u64;
+            let keys = self.store.kv().list_keys(namespace, prefix, after.as_deref(), WALK_PAGE).await?;
+            for key in &keys {
+                visit(key)?;
+            }
             if keys.len() < WALK_PAGE {
-                return Ok(count);
+                return Ok(());
             }
             after = keys.into_iter().last();
         }
@@ -794,43 +820,36 @@ impl Db {
                 break;
             }
         }
-        for (namespace, id_at, len) in [(&BY_OWNER, 16, 32), (&BY_DATASET, usize::MAX, 0)] {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let keys = kv.list_keys(namespace, &[], after.as_deref(), WALK_PAGE).await?;
-                let done = keys.len() < WALK_PAGE;
-                after = keys.last().cloned();
-                for key in keys {
-                    // by_owner: owner ++ id; by_dataset: dataset \0 owner id facts.
-                    let parsed = if id_at == 16 {
-                        (key.len() == len).then(|| (&key[..16], &key[16..32], None))
-                    } else {
-                        key.iter().position(|&b| b == 0).and_then(|zero| {
-                            (key.len() == zero + 1 + 32 + FACTS_LEN)
-                                .then(|| (&key[zero + 1..zero + 17], &key[zero + 17..zero + 33], Some(&key[..zero])))
-                        })
-                    };
-                    let Some((owner, id, dataset)) = parsed else {
-                        check.problem(format!("{namespace}: a malformed key of {} bytes", key.len()));
-                        continue;
-                    };
-                    let Some(Ok(id)) = <[u8; 16]>::try_from(id).ok().map(EntryId::from_bytes) else {
-                        check.problem(format!("{namespace}: a key without an entry id"));
-                        continue;
-                    };
-                    let Some(stored) = check.entries.get(&id) else {
-                        check.orphan_index_keys += 1;
-                        continue;
-                    };
-                    let owner_matches = stored.owner().is_ok_and(|o| o.as_bytes() == owner);
-                    let dataset_matches = dataset.is_none_or(|d| d == stored.entry.dataset.as_bytes());
-                    if !owner_matches || !dataset_matches {
-                        check.problem(format!("{namespace}: a key of entry {id} names another owner or dataset"));
-                    }
-                }
-                if done {
-                    break;
-                }
+        let mut index_keys: Vec<(&'static Namespace, Vec<u8>)> = Vec::new();
+        for namespace in [&BY_OWNER, &BY_DATASET] {
+            self.walk_keys(namespace, &[], |key| {
+                index_keys.push((namespace, key.to_vec()));
+                Ok(())
+            })
+            .await?;
+        }
+        for (namespace, key) in index_keys {
+            let parsed = if *namespace == BY_OWNER {
+                split_by_owner(&key).map(|(owner, id)| (owner, id, None))
+            } else {
+                split_by_dataset(&key).map(|(dataset, owner, id)| (owner, id, Some(dataset)))
+            };
+            let Some((owner, id, dataset)) = parsed else {
+                check.problem(format!("{namespace}: a malformed key of {} bytes", key.len()));
+                continue;
+            };
+            let Some(Ok(id)) = <[u8; 16]>::try_from(id).ok().map(EntryId::from_bytes) else {
+                check.problem(format!("{namespace}: a key without an entry id"));
+                continue;
+            };
+            let Some(stored) = check.entries.get(&id) else {
+                check.orphan_index_keys += 1;
+                continue;
+            };
+            let owner_matches = stored.owner().is_ok_and(|o| o.as_bytes() == owner);
+            let dataset_matches = dataset.is_none_or(|d| d == stored.entry.dataset.as_bytes());
+            if !owner_matches || !dataset_matches {
+                check.problem(format!("{namespace}: a key of entry {id} names another owner or dataset"));
             }
         }
         Ok(check)
@@ -1105,7 +1124,7 @@ mod tests {
     async fn models_are_visible_only_with_their_files() {
         let db = db().await;
         let file = Bytes::from(vec![5u8; 3 << 20]);
-        let sha: [u8; 32] = ring_sha256(&file);
+        let sha: [u8; 32] = *BlobId::of(&file).as_bytes();
         let header = rpb::ModelHeader { owner_id: "o".into(), ..Default::default() };
         let id = ModelId::from_bytes([9; 32]);
         assert!(db.put_model(&id, &header, vec![(sha, file.clone())]).await.unwrap());
@@ -1117,10 +1136,6 @@ mod tests {
         let other = ModelId::from_bytes([8; 32]);
         assert!(db.put_model(&other, &rpb::ModelHeader::default(), vec![([1; 32], file)]).await.is_err());
         assert!(db.model(&other).await.unwrap().is_none());
-    }
-
-    fn ring_sha256(data: &[u8]) -> [u8; 32] {
-        *BlobId::of(data).as_bytes()
     }
 
     #[tokio::test]

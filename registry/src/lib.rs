@@ -224,7 +224,7 @@ pub async fn serve_registry(
         }
         None => None,
     };
-    info!(%addr, tls = secure, store = %describe_store(&config.store_config()), "registry serving");
+    info!(%addr, tls = secure, store = %config.store_config(), "registry serving");
 
     let failed = tokio::select! {
         () = shutdown => None,
@@ -263,17 +263,6 @@ pub async fn serve_registry(
 /// Checks a registry's store (see [`StoreCheck`]); the registry should be stopped.
 pub async fn check_store(store: Store) -> Result<StoreCheck> {
     Db::open(store).await?.check().await
-}
-
-/// Where a store is, for logs: never its credentials.
-pub fn describe_store(store: &StoreConfig) -> String {
-    match store {
-        StoreConfig::Sled { path, .. } => format!("sled:{}", path.display()),
-        StoreConfig::Memory => "memory".into(),
-        StoreConfig::S3(s3) => {
-            format!("s3://{}/{} at {}", s3.bucket, s3.prefix, s3.endpoint.as_deref().unwrap_or("AWS"))
-        }
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -126,13 +126,12 @@ impl State {
                 all[i] = Some(verdict);
             }
         }
-        let all: Vec<Verdict> = all
+        let mut all: Vec<Verdict> = all
             .into_iter()
             .map(|v| v.unwrap_or_else(|| Err(Error::Internal("no verdict for an entry".into()))))
             .collect();
         let mut stored = all.iter().filter(|v| matches!(v, Ok(Inserted::Stored))).count() as u64;
         let acknowledged = all.iter().filter(|v| matches!(v, Ok(Inserted::Stored | Inserted::AlreadyStored))).count();
-        let mut all = all;
         // ALREADY_STORED is an acknowledgement too: after a failed flush the
         // entry is written but maybe not durable, so it is flushed as well.
         if acknowledged > 0

@@ -80,12 +80,8 @@ pub async fn check_registry_store(store: Store) -> Result<RegistrySnapshot> {
     let check = ambishare_registry::check_store(store)
         .await
         .map_err(|e| Error::Other(format!("checking the registry store: {e}")))?;
-    let mut problems = Problems::default();
-    for p in check.problems {
-        problems.push(p);
-    }
     // Problems beyond those listed are counted only.
-    problems.count = check.problem_count;
+    let problems = Problems { listed: check.problems, count: check.problem_count };
     let entries = check
         .entries
         .into_iter()

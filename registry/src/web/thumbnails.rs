@@ -181,7 +181,7 @@ fn render(inner: &Inner, models: &mut ModelRunners, id: &EntryId) -> std::result
     let Some(stored) = rt.block_on(inner.db.entry(id))? else {
         return Err(Unrenderable("no such entry".into()));
     };
-    let entry = Entry::try_from(stored.entry.clone()).map_err(Error::from)?;
+    let entry = Entry::try_from(stored.entry).map_err(Error::from)?;
     let tiles = entry.code.shape().tiles;
     if tiles > inner.max_tiles {
         return Err(Unrenderable(format!("too large for a thumbnail ({tiles} tiles)")));
