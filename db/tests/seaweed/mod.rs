@@ -27,9 +27,25 @@ pub fn find_weed() -> Option<PathBuf> {
     weed.is_file().then_some(weed)
 }
 
-/// Free loopback ports, held together while chosen so they differ.
+/// Ports handed to weed come from below Linux's ephemeral range (32768 and
+/// up): a port of `bind(:0)` is free only until weed's own outgoing
+/// connections take it (seen in CI: the filer's gRPC port taken that way).
+const FIXED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Free loopback ports below the ephemeral range, held together while chosen
+/// so they differ.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let span = u32::from(FIXED_PORTS.end - FIXED_PORTS.start);
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(N);
+    while listeners.len() < N {
+        let mut pick = [0u8; 4];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut pick).unwrap();
+        let port = FIXED_PORTS.start + (u32::from_le_bytes(pick) % span) as u16;
+        // Taken (by another test or process): pick again.
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
     std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
