@@ -282,10 +282,31 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print what a data directory holds, then exit (the server must not be running).
     Stats(StatsArgs),
+    /// Copy a registry's data into another store (for example from sled to the
+    /// S3 store of replicas), checking every owner key, model file and entry
+    /// signature as a publish would. Idempotent: run it again to resume.
+    #[command(after_help = "Stop a registry on a sled source first (sled allows one process). Records that fail \
+                            a check are listed and not copied; the command then exits with an error after \
+                            copying the rest. Thumbnails are not copied (rendered again on demand).")]
+    Migrate(MigrateArgs),
     /// Make a CA and a server certificate for `serve --tls-cert/--tls-key`, when
     /// the deployment has no CA of its own: writes ca.pem (what clients trust,
     /// their --registry-ca), ca.key, tls.pem and tls.key (keys 0600).
     TlsCert(TlsCertArgs),
+}
+
+/// Flags of `migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The store to copy from, as `serve --store` takes it (`sled:DIR`, `s3://...`).
+    #[arg(long, value_name = "STORE")]
+    pub from: StoreConfig,
+    /// The store to copy into (created or added to; what it holds is kept).
+    #[arg(long, value_name = "STORE")]
+    pub to: StoreConfig,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// Flags of `tls-cert`.

@@ -480,6 +480,23 @@ impl Db {
         }
     }
 
+    /// Stored models (id and header) in id order after `after`.
+    pub async fn models(&self, after: Option<&ModelId>, limit: usize) -> Result<Vec<(ModelId, rpb::ModelHeader)>> {
+        let after = after.map(|m| m.as_bytes().to_vec());
+        self.store
+            .kv()
+            .list(&MODELS, &[], after.as_deref(), limit)
+            .await?
+            .into_iter()
+            .map(|(key, v)| {
+                let id: [u8; 32] =
+                    key.as_slice().try_into().map_err(|_| corrupt("models", "a key is not a model id"))?;
+                let header = rpb::ModelHeader::decode(v.as_ref()).map_err(|e| corrupt("models", e.to_string()))?;
+                Ok((ModelId::from_bytes(id), header))
+            })
+            .collect()
+    }
+
     // Entries.
 
     pub async fn entry(&self, id: &EntryId) -> Result<Option<StoredEntry>> {
@@ -590,6 +607,30 @@ impl Db {
         kv.delete(&THUMBNAILS, key).await?;
         kv.flush().await?;
         Ok(created)
+    }
+
+    /// Tombstones of deleted entries (id, then who deleted it and when) in id order after `after`.
+    pub async fn tombstones(&self, after: Option<&EntryId>, limit: usize) -> Result<Vec<(EntryId, Bytes)>> {
+        let after = after.map(|id| id.as_bytes().to_vec());
+        let page = self.store.kv().list(&DELETED, &[], after.as_deref(), limit).await?;
+        page.into_iter()
+            .map(|(key, record)| {
+                let id = <[u8; 16]>::try_from(key.as_slice())
+                    .ok()
+                    .and_then(|k| EntryId::from_bytes(k).ok())
+                    .ok_or_else(|| corrupt("deleted", "a key is not an entry id"))?;
+                if record.len() != 16 + 8 {
+                    return Err(corrupt("deleted", format!("a tombstone of {} bytes", record.len())));
+                }
+                Ok((id, record))
+            })
+            .collect()
+    }
+
+    /// Writes a tombstone read from another registry's store (`migrate`),
+    /// unless this id has one. Not flushed.
+    pub async fn put_tombstone(&self, id: &EntryId, record: Bytes) -> Result<bool> {
+        Ok(self.store.kv().put_if_absent(&DELETED, id.as_bytes(), record).await?.is_created())
     }
 
     /// Up to `limit` entries of `query` after `after`, in id order, and no

@@ -25,6 +25,7 @@ pub mod config;
 mod db;
 pub mod error;
 pub mod metrics;
+pub mod migrate;
 mod service;
 pub mod tls_cert;
 pub mod web;
@@ -304,6 +305,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             config.validate()?;
             let listeners = Listeners::bind(&config).await?;
             serve_on(config, listeners, shutdown_signal()).await
+        }
+        Command::Migrate(args) => {
+            let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let report = migrate::migrate(&args.from, &args.to, Limits::default(), progress).await?;
+            println!("{report}");
+            if report.refusal_count > 0 {
+                return Err(Error::Invalid(format!(
+                    "{} records were not copied (listed above); the rest were",
+                    report.refusal_count
+                )));
+            }
+            Ok(())
         }
         Command::TlsCert(args) => {
             let written = tls_cert::make(&args.out, &args.names, args.days)?;

@@ -508,6 +508,55 @@ impl RegistryApi {
             if checked.prepared.is_empty() { None } else { Some(self.inner.writer.submit(checked.prepared).await?) };
         Ok(Pending { slots: checked.slots, reply, metrics: self.inner.metrics.clone() })
     }
+
+    // Imports from another registry's store (`migrate`): each record passes
+    // the checks a request carrying it would.
+
+    /// Stores an owner record after checking that its key hashes to its id
+    /// and its name is valid. True when it was new here.
+    pub(crate) async fn import_owner(&self, owner: &rpb::Owner) -> Result<bool> {
+        let id: OwnerId = parse(&owner.owner_id)?;
+        let key = PublicKey::from_bytes(&owner.public_key)?;
+        if key.owner_id() != id {
+            return Err(Error::BadSignature(format!("owner {id}: the public key does not hash to the owner id")));
+        }
+        if !owner.display_name.is_empty() {
+            owner.display_name.parse::<DisplayName>()?;
+        }
+        let stored = self.inner.db.put_owner(&id, owner).await?;
+        if stored.public_key != owner.public_key {
+            return Err(Error::AlreadyExists(format!("owner id {id} is taken by another key")));
+        }
+        Ok(stored == *owner)
+    }
+
+    /// Stores a model after checking its header (manifest, files, the owner's
+    /// signature) and each file, read from `source`, against its size and hash.
+    /// True when it was new here.
+    pub(crate) async fn import_model(&self, header: &rpb::ModelHeader, source: &Db) -> Result<bool> {
+        let (model_id, files) = self.inner.check_model_header(header).await?;
+        let mut blobs = Vec::with_capacity(files.len());
+        for f in files {
+            let data = source.blob_bytes(&f.sha256, f.size).await?.ok_or_else(|| {
+                Error::corrupt("blobs", format!("the {} file {} of model {model_id} is missing", f.role, f.sha256_hex))
+            })?;
+            if data.len() as u64 != f.size || ambishare_shared::ids::sha256(&data) != f.sha256 {
+                return Err(Error::corrupt(
+                    "blobs",
+                    format!("the {} file of model {model_id} does not match its size and hash", f.role),
+                ));
+            }
+            blobs.push((f.sha256, data.into()));
+        }
+        self.inner.db.put_model(&model_id, header, blobs).await
+    }
+
+    /// Checks entries as a publish message's and hands them to the writer;
+    /// their acknowledgements, in order.
+    pub(crate) async fn import_entries(&self, entries: Vec<pb::Entry>) -> Result<Vec<rpb::PublishAck>> {
+        let checked = self.check_message(rpb::PublishRequest { entries }).await?;
+        self.submit(checked).await?.acks().await
+    }
 }
 
 #[tonic::async_trait]

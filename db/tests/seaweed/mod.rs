@@ -158,6 +158,24 @@ impl Seaweed {
         config
     }
 
+    /// `config(prefix)` as a command line gives it (`--store`): the
+    /// credentials in a file only its owner may read, in the fixture's directory.
+    pub fn store_url(&self, prefix: &str) -> String {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = self.dir.path().join("credentials.toml");
+        if !file.exists() {
+            let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&file).unwrap();
+            write!(
+                out,
+                "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+                self.credentials.access_key_id,
+                self.credentials.secret_access_key.expose()
+            )
+            .unwrap();
+        }
+        format!("s3://{BUCKET}/{prefix}?endpoint=http://127.0.0.1:{}&credentials_file={}", self.s3_port, file.display())
+    }
+
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
