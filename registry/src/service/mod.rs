@@ -323,33 +323,56 @@ impl RegistryService for RegistryApi {
             let mut after = self.inner.resolve_cursor(&query, &r.after).await?;
             let mut remaining = if r.limit == 0 { u64::MAX } else { r.limit };
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-            let api = self.clone();
+            // Pages are read one ahead of the one being sent, so the store's
+            // latency (an S3 request per entry) overlaps the sending.
+            let (pages_tx, mut pages_rx) = mpsc::channel::<Result<Vec<pb::Entry>>>(1);
+            let db = self.inner.db.clone();
+            tokio::spawn(
+                async move {
+                    while remaining > 0 {
+                        let limit = remaining.min(STREAM_PAGE as u64) as usize;
+                        let page = match db.page(&query, after.as_ref(), limit, STREAM_PAGE_BYTES).await {
+                            Ok(page) => page,
+                            Err(e) => {
+                                let _ = pages_tx.send(Err(e)).await;
+                                return;
+                            }
+                        };
+                        remaining -= page.items.len() as u64;
+                        let items = page.items.into_iter().map(|item| item.entry).collect();
+                        // An error: the sender below is gone (the client left).
+                        if pages_tx.send(Ok(items)).await.is_err() {
+                            return;
+                        }
+                        match page.next {
+                            Some(next) => after = Some(next),
+                            None => return,
+                        }
+                    }
+                }
+                .instrument(Span::current()),
+            );
             // The bounded channel is the back-pressure: the reader waits while
             // the client is slow, and stops when the client goes away.
+            let metrics = self.inner.metrics.clone();
             tokio::spawn(
                 async move {
                     let mut sent = 0u64;
-                    while remaining > 0 && !tx.is_closed() {
-                        let limit = remaining.min(STREAM_PAGE as u64) as usize;
-                        let page = match api.inner.db.page(&query, after.as_ref(), limit, STREAM_PAGE_BYTES).await {
-                            Ok(page) => page,
+                    while let Some(page) = pages_rx.recv().await {
+                        let items = match page {
+                            Ok(items) => items,
                             Err(e) => {
                                 let _ = tx.send(Err(e.into())).await;
                                 return;
                             }
                         };
-                        for item in page.items {
-                            if tx.send(Ok(item.entry)).await.is_err() {
+                        for entry in items {
+                            if tx.send(Ok(entry)).await.is_err() {
                                 debug!(sent, "stream abandoned by the client");
                                 return;
                             }
                             sent += 1;
-                            remaining -= 1;
-                            api.inner.metrics.entries_streamed(1);
-                        }
-                        match page.next {
-                            Some(next) => after = Some(next),
-                            None => break,
+                            metrics.entries_streamed(1);
                         }
                     }
                     debug!(sent, "stream complete");
