@@ -387,3 +387,35 @@ async fn publishing_through_the_node_resumes_without_duplicates() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_file_that_differs_from_its_manifest_is_refused_and_nothing_published() {
+    within(async {
+        init_runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let registry = TestRegistry::start().await;
+        let owner = TestOwner::init();
+        // A copy of the tiny model whose decoder lost one byte: its hash no longer matches.
+        let model = dir.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        for file in std::fs::read_dir(tiny_model()).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, model.join(file.file_name().unwrap())).unwrap();
+        }
+        let manifest = ambishare_shared::Manifest::parse(&std::fs::read(model.join("manifest.json")).unwrap()).unwrap();
+        let decoder = model.join(&manifest.decoder.file);
+        let mut bytes = std::fs::read(&decoder).unwrap();
+        bytes.pop();
+        std::fs::write(&decoder, bytes).unwrap();
+        let images = write_pngs(&dir.path().join("in"), 2, 4);
+        let job = PublishJob { model_dir: model, ..owner.job(&registry, "tampered", images) };
+        let err = ambishare_owner::publish(&owner.home, job, |_| {}).await.unwrap_err();
+        assert!(err.to_string().contains("the manifest pins"), "{err}");
+        let client = registry.client().await;
+        let model_id =
+            ambishare_shared::ModelId::of_manifest(&std::fs::read(tiny_model().join("manifest.json")).unwrap());
+        assert!(!client.has_model(model_id).await.unwrap(), "the tampered model reached the registry");
+        registry.stop().await;
+    })
+    .await;
+}

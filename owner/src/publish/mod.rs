@@ -38,7 +38,7 @@ use ambishare_rpc::{ClientTlsOptions, PublishOutcome, RegistryClient};
 use ambishare_shared::crypto::{SigningKey, secure_rng};
 use ambishare_shared::entry::NewEntry;
 use ambishare_shared::ids::sha256;
-use ambishare_shared::model::MANIFEST_FILE;
+use ambishare_shared::model::{MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use ambishare_shared::tiling::{image_to_tiles, load_image};
 use ambishare_shared::{
     Bands, CodeShape, CodeVersion, DatasetName, DerivationContext, Device, DisplayName, Entry, EntryId, FakeModel,
@@ -224,16 +224,18 @@ impl Publisher {
                     format!("{} has no {MANIFEST_FILE} (is it a model directory?)", model_dir.display()),
                 ));
             }
-            let runner = ModelRunner::load(&model_dir, device)?;
-            let manifest = runner.manifest().clone();
+            // Each file is read once: the bytes the runner checks against the
+            // manifest's hashes are the bytes uploaded to the registry.
+            let manifest_bytes = read_file(&manifest_path, MAX_MANIFEST_BYTES as u64)?;
+            let manifest = Manifest::parse(&manifest_bytes)?;
             if manifest.channels != 3 {
                 return Err(Error::invalid(
                     "model",
                     format!("{} takes {} channels; publish needs RGB (3)", manifest.name, manifest.channels),
                 ));
             }
-            let manifest_bytes = read_file(&manifest_path, 1 << 20)?;
             let (encoder, decoder) = model_files(&model_dir, &manifest)?;
+            let runner = ModelRunner::from_parts(&manifest_bytes, Some(&encoder), &decoder, device)?;
             store.put_model(runner.id(), &manifest_bytes)?;
             Ok(Model { runner: Arc::new(runner), manifest, manifest_bytes, encoder, decoder })
         })
