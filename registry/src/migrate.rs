@@ -13,10 +13,7 @@
 
 use std::fmt;
 
-use ambishare_proto::types::v1 as pb;
-use ambishare_shared::Entry;
 use indicatif::{ProgressBar, ProgressStyle};
-use prost::Message;
 use tracing::warn;
 
 use crate::db::{Db, Query};
@@ -152,20 +149,7 @@ async fn copy(source: &Db, target: &Registry, total: u64, progress: bool, batch:
     loop {
         let page = source.page(&query, cursor.as_ref(), batch, PAGE_BYTES).await?;
         let read = page.items.len() as u64;
-        let mut entries: Vec<pb::Entry> = Vec::with_capacity(page.items.len());
-        for stored in page.items {
-            let id = stored.entry.entry_id.clone();
-            // The exact bytes are what owners signed over and readers get:
-            // a record that is not its entry's canonical form is not copied.
-            let canonical = Entry::try_from(stored.entry.clone())
-                .map(|entry| pb::Entry::from(&entry).encode_to_vec() == stored.record.as_ref());
-            match canonical {
-                Ok(true) => entries.push(stored.entry),
-                Ok(false) => report.refuse(format!("entry {id}: the stored record is not its canonical encoding")),
-                Err(e) => report.refuse(format!("entry {id}: {e}")),
-            }
-        }
-        for ack in api.import_entries(entries).await? {
+        for ack in api.import_entries(page.items).await? {
             use ambishare_proto::registry::v1::PublishOutcome;
             match PublishOutcome::try_from(ack.outcome) {
                 Ok(PublishOutcome::Stored) => report.entries_stored += 1,

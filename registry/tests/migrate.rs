@@ -118,3 +118,40 @@ async fn migrate_copies_a_sled_registry_checking_every_record() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_is_not_its_entry_canonical_encoding_is_not_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let source_dir = dir.path().join("source");
+        let node = Node::start(test_config(&source_dir)).await;
+        let client = node.client().await;
+        let key = owner_key();
+        client.register_owner(&key, &"owner".parse().unwrap()).await.unwrap();
+        let model = TestModel::tiny();
+        model.publish(&client, &key).await;
+        let published = model.entries(&key, "faces", 3, 9);
+        assert!(client.publish(published.clone()).await.unwrap().iter().all(|a| a.is_stored()));
+        drop(client);
+        node.stop().await;
+
+        // The genuine entry's record with an unknown field appended: it decodes
+        // to the same signed entry, but its bytes are not the ones signed.
+        let source = StoreConfig::Sled { path: source_dir, cache_capacity: 16 << 20 };
+        {
+            let store = source.open().await.unwrap();
+            let mut padded = pb::Entry::from(&published[1]).encode_to_vec();
+            padded.extend_from_slice(&[0x98, 0x06, 0x01]); // field 99, varint 1
+            let entries = Namespace::new("entries").unwrap();
+            store.kv().put(&entries, published[1].id.as_bytes(), Bytes::from(padded)).await.unwrap();
+            store.kv().flush().await.unwrap();
+        }
+        let target = StoreConfig::Sled { path: dir.path().join("target"), cache_capacity: 16 << 20 };
+        let report = migrate::migrate(&source, &target, Limits::default(), false).await.unwrap();
+        assert_eq!((report.entries_stored, report.refusal_count), (2, 1), "{report}");
+        assert!(report.refusals[0].contains(&published[1].id.to_string()), "{report}");
+        assert!(report.refusals[0].contains("canonical encoding"), "{report}");
+    })
+    .await
+    .unwrap();
+}

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use ambishare_db::Bytes;
 use ambishare_proto::registry::v1 as rpb;
 use ambishare_proto::types::v1 as pb;
 use ambishare_shared::crypto::PublicKey;
@@ -13,7 +14,7 @@ use tonic::{Status, Streaming};
 use tracing::{Instrument, Span, info};
 
 use super::{BoxStream, PUBLISH_IN_FLIGHT, PUBLISH_PIPELINE, RegistryApi, parse};
-use crate::db::{Inserted, Prepared};
+use crate::db::{Inserted, Prepared, StoredEntry};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::writer::Verdict;
@@ -122,11 +123,32 @@ impl RegistryApi {
         Ok(stored == *owner)
     }
 
-    /// Checks entries as a publish message's and hands them to the writer;
-    /// their acknowledgements, in order.
-    pub(crate) async fn import_entries(&self, entries: Vec<pb::Entry>) -> Result<Vec<rpb::PublishAck>> {
-        let checked = self.check_message(rpb::PublishRequest { entries }).await?;
-        self.submit(checked).await?.acks().await
+    /// Checks stored entries as a publish message's, and each record against
+    /// the canonical encoding those checks produce (the exact bytes are what
+    /// owners signed and readers get), then hands them to the writer; their
+    /// acknowledgements, in order.
+    pub(crate) async fn import_entries(&self, entries: Vec<StoredEntry>) -> Result<Vec<rpb::PublishAck>> {
+        let (messages, records): (Vec<pb::Entry>, Vec<Bytes>) =
+            entries.into_iter().map(|s| (s.entry, s.record)).unzip();
+        let checked = self.check_message(rpb::PublishRequest { entries: messages }).await?;
+        // Queued slots and prepared entries are in the order of the input.
+        let mut prepared = checked.prepared.into_iter();
+        let mut kept = Checked { slots: Vec::with_capacity(checked.slots.len()), prepared: Vec::new() };
+        for (slot, record) in checked.slots.into_iter().zip(records) {
+            let Slot::Queued(id) = slot else {
+                kept.slots.push(slot);
+                continue;
+            };
+            let entry = prepared.next().ok_or_else(|| Error::Internal("a queued entry without its check".into()))?;
+            if entry.encoded == record {
+                kept.slots.push(Slot::Queued(id));
+                kept.prepared.push(entry);
+            } else {
+                let e = Error::Invalid("the stored record is not its entry's canonical encoding".into());
+                kept.slots.push(Slot::Refused(refused(&self.inner.metrics, id.to_string(), e)));
+            }
+        }
+        self.submit(kept).await?.acks().await
     }
 
     /// The acknowledgements of a publish stream, one per entry in order; a
